@@ -1,0 +1,50 @@
+# edgefleet — the two commands a fresh machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+NODES ?= 50
+# The test bed's binaries (kubectl, helm) and kubeconfig, once `hack/cluster up` has run.
+CLUSTER_ENV = eval "$$(hack/cluster env)"
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## The main job: local cluster with $(NODES) edge nodes, CRDs via Helm, the samples.
+	hack/demo --nodes $(NODES)
+
+.PHONY: test
+test: lint unit ## Everything CI runs: lint, unit tests, then e2e against a fresh local cluster.
+	hack/cluster up --nodes 20
+	@if $(MAKE) --no-print-directory e2e; then \
+		hack/cluster down; \
+	else \
+		echo "e2e failed: the cluster is left up for a look (eval \"\$$(hack/cluster env)\"; kubectl get all -A); 'hack/cluster down' removes it"; \
+		exit 1; \
+	fi
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy -D warnings.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: unit
+unit: ## Unit tests (no cluster), including the check that crds/ matches the code.
+	$(CARGO) test --workspace --locked --exclude edgefleet-e2e
+
+.PHONY: e2e
+e2e: ## e2e tests against the running local cluster (hack/cluster up first).
+	$(CLUSTER_ENV); $(CARGO) test -p edgefleet-e2e --locked -- --test-threads=4
+
+.PHONY: crds
+crds: ## Regenerate crds/ and the CRD chart's copy from the Rust types.
+	$(CARGO) run -q -p edgefleet-api --bin crdgen
+
+.PHONY: cluster-up cluster-down
+cluster-up: ## Start the local control plane with $(NODES) simulated edge nodes.
+	hack/cluster up --nodes $(NODES)
+cluster-down: ## Stop it and remove its state.
+	hack/cluster down

@@ -1,0 +1,162 @@
+{{/* Names and labels shared by every operator template. */}}
+
+{{- define "edgefleet.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<operator>": the name of an operator's Deployment, ServiceAccount and Lease. */}}
+{{- define "edgefleet.operatorName" -}}
+{{- printf "%s-%s" (include "edgefleet.fullname" .root) .name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "edgefleet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/part-of: edgefleet
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels that select one operator's pods; stable across upgrades. */}}
+{{- define "edgefleet.selectorLabels" -}}
+app.kubernetes.io/name: edgefleet-{{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "edgefleet.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Flags every operator understands (operators/kit CommonArgs). Call with (dict "root" $ "name" NAME). */}}
+{{- define "edgefleet.commonArgs" -}}
+- --metrics-addr=0.0.0.0:{{ .root.Values.metrics.port }}
+- --log-format={{ .root.Values.logFormat }}
+- --leader-elect={{ .root.Values.leaderElection.enabled }}
+- --leader-election-id={{ include "edgefleet.operatorName" . }}
+- --lease-duration-seconds={{ .root.Values.leaderElection.leaseDurationSeconds }}
+- --lease-grace-seconds={{ .root.Values.leaderElection.graceSeconds }}
+{{- end -}}
+
+{{/* Environment every operator reads: its identity and namespace for leader election, log level. */}}
+{{- define "edgefleet.commonEnv" -}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: RUST_LOG
+  value: {{ .root.Values.logLevel | quote }}
+{{- end -}}
+
+{{/* Liveness on /healthz, readiness on /readyz (true once caches are synced), on the metrics port. */}}
+{{- define "edgefleet.probes" -}}
+livenessProbe:
+  httpGet: {path: /healthz, port: metrics}
+  periodSeconds: 10
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: metrics}
+  periodSeconds: 5
+  failureThreshold: 2
+{{- end -}}
+
+{{/* The pod spec of an operator: restricted security, probes, metrics port. (dict "root" $ "name" NAME "command" LIST) */}}
+{{- define "edgefleet.podSpec" -}}
+{{- $op := index .root.Values.operators .name -}}
+serviceAccountName: {{ include "edgefleet.operatorName" . }}
+automountServiceAccountToken: true
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $op.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $op.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $op.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+containers:
+  - name: {{ .name }}
+    image: {{ include "edgefleet.image" .root }}
+    imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+    command: {{ toJson .command }}
+    args:
+      {{- include "edgefleet.commonArgs" . | nindent 6 }}
+      {{- with $op.extraArgs }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    env:
+      {{- include "edgefleet.commonEnv" . | nindent 6 }}
+    ports:
+      - name: metrics
+        containerPort: {{ .root.Values.metrics.port }}
+    {{- include "edgefleet.probes" . | nindent 4 }}
+    resources:
+      {{- toYaml $op.resources | nindent 6 }}
+    securityContext:
+      {{- toYaml .root.Values.securityContext | nindent 6 }}
+{{- end -}}
+
+{{/* A Role and RoleBinding on Leases in the release namespace, for leader election. */}}
+{{- define "edgefleet.leaderElectionRbac" -}}
+{{- $name := include "edgefleet.operatorName" . }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {{ $name }}-leader-election
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "edgefleet.labels" .root | nindent 4 }}
+rules:
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["get", "list", "watch", "create", "update", "patch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ $name }}-leader-election
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "edgefleet.labels" .root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ $name }}-leader-election
+subjects:
+  - kind: ServiceAccount
+    name: {{ $name }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end -}}
+
+{{/* A PodDisruptionBudget keeping one replica of a multi-replica operator up. */}}
+{{- define "edgefleet.pdb" -}}
+{{- $op := index .root.Values.operators .name }}
+{{- if gt (int $op.replicas) 1 }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "edgefleet.operatorName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "edgefleet.labels" .root | nindent 4 }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- include "edgefleet.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end -}}

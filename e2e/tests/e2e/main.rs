@@ -1,0 +1,9 @@
+//! End-to-end tests against the real local control plane (`hack/cluster up`).
+//! One test binary, a module per area, so the workspace links once.
+
+mod chart;
+mod crds;
+mod leader;
+mod samples;
+mod testbed;
+mod validation;
