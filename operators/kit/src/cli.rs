@@ -67,6 +67,11 @@ pub struct CommonArgs {
     #[arg(long, env = "EDGEFLEET_LEASE_GRACE_SECONDS", default_value_t = 5)]
     pub lease_grace_seconds: u64,
 
+    /// Watch and act in this namespace only (a namespaced install, or one test namespace);
+    /// default: every namespace.
+    #[arg(long, env = "EDGEFLEET_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
     /// This replica's identity in the Lease and in events [default: hostname + random suffix].
     #[arg(long, env = "POD_NAME", default_value_t = default_identity(), hide_default_value = true)]
     pub identity: String,
@@ -130,6 +135,7 @@ mod tests {
         "EDGEFLEET_LEADER_ELECTION_ID",
         "EDGEFLEET_LEASE_DURATION_SECONDS",
         "EDGEFLEET_LEASE_GRACE_SECONDS",
+        "EDGEFLEET_WATCH_NAMESPACE",
         "POD_NAME",
     ];
 
