@@ -18,7 +18,7 @@ demo: ## The main job: local cluster with $(NODES) edge nodes, CRDs via Helm, th
 
 .PHONY: test
 test: lint unit ## Everything CI runs: lint, unit tests, then e2e against a fresh local cluster.
-	hack/cluster up --nodes 20
+	hack/cluster up --nodes 60
 	@if $(MAKE) --no-print-directory e2e; then \
 		hack/cluster down; \
 	else \
@@ -36,7 +36,8 @@ unit: ## Unit tests (no cluster), including the check that crds/ matches the cod
 	$(CARGO) test --workspace --locked --exclude edgefleet-e2e
 
 .PHONY: e2e
-e2e: ## e2e tests against the running local cluster (hack/cluster up first).
+e2e: ## e2e tests against the running local cluster (hack/cluster up --nodes 60 first).
+	$(CARGO) build --locked -p edgefleet-rollout
 	$(CLUSTER_ENV); $(CARGO) test -p edgefleet-e2e --locked -- --test-threads=4
 
 .PHONY: crds

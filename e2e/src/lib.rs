@@ -7,6 +7,9 @@
 //! - [`wait_for`]: every wait is bounded and says what it waited for.
 //! - [`apply_manifest`]: server-side apply of any YAML document, through discovery.
 
+pub mod operator;
+pub mod podlog;
+
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};

@@ -4,6 +4,7 @@
 mod chart;
 mod crds;
 mod leader;
+mod rollout;
 mod samples;
 mod testbed;
 mod validation;

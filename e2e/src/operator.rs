@@ -1,0 +1,199 @@
+//! Runs an operator binary the way the chart would: as the chart's own ServiceAccount (its
+//! token, its RBAC — a missing permission fails the test), with leader election on, watching
+//! one test namespace. The process can be killed at any moment to test restart safety.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use tokio::sync::OnceCell;
+
+use crate::{kubeconfig_path, repo_root, run};
+
+/// Namespace and release the chart is installed as in e2e.
+pub const SYSTEM_NAMESPACE: &str = "edgefleet-system";
+pub const RELEASE: &str = "edgefleet";
+
+static CHART: OnceCell<()> = OnceCell::const_new();
+
+/// Installs (or upgrades) the operator chart once per test process: ServiceAccounts and RBAC.
+/// Operator Deployments are scaled to zero: the operators run as local processes instead,
+/// since the simulated nodes cannot run containers.
+pub async fn install_chart() -> Result<()> {
+    CHART
+        .get_or_try_init(|| async {
+            run(
+                "helm",
+                &[
+                    "upgrade",
+                    "--install",
+                    RELEASE,
+                    "charts/edgefleet",
+                    "--namespace",
+                    SYSTEM_NAMESPACE,
+                    "--create-namespace",
+                    "--set",
+                    "operators.rollout.replicas=0",
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                ],
+                None,
+            )
+            .map(|_| ())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Where cargo put the workspace's binaries.
+fn binary(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build -p {name}`, which `make e2e` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A kubeconfig that authenticates as `serviceaccount` of the chart, with a fresh token.
+fn serviceaccount_kubeconfig(serviceaccount: &str, file: &str) -> Result<PathBuf> {
+    let token = run(
+        "kubectl",
+        &[
+            "create",
+            "token",
+            serviceaccount,
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--duration=2h",
+        ],
+        None,
+    )?;
+    let admin = std::fs::read_to_string(kubeconfig_path())?;
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin)?;
+    let users = config
+        .get_mut("users")
+        .and_then(|u| u.as_sequence_mut())
+        .context("admin kubeconfig has no users")?;
+    for user in users.iter_mut() {
+        user["user"] = serde_yaml::to_value(serde_json::json!({"token": token.trim()}))?;
+    }
+    let dir = repo_root().join("hack/.cluster/e2e");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(file);
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// A running operator process.
+pub struct Operator {
+    name: String,
+    watch_namespace: String,
+    child: Option<Child>,
+    log: PathBuf,
+    kubeconfig: PathBuf,
+    starts: u32,
+}
+
+impl Operator {
+    /// Starts `edgefleet-<component>` as the chart's ServiceAccount for it, watching
+    /// `namespace` only, with its Lease in the system namespace.
+    pub async fn start(component: &str, namespace: &str) -> Result<Self> {
+        install_chart().await?;
+        let name = format!("edgefleet-{component}");
+        let kubeconfig = serviceaccount_kubeconfig(
+            &format!("{RELEASE}-{component}"),
+            &format!("{namespace}-{component}.kubeconfig"),
+        )?;
+        let log = repo_root()
+            .join("hack/.cluster/logs")
+            .join(format!("e2e-{namespace}-{component}.log"));
+        let mut op = Self {
+            name,
+            watch_namespace: namespace.to_string(),
+            child: None,
+            log,
+            kubeconfig,
+            starts: 0,
+        };
+        op.spawn()?;
+        Ok(op)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        self.starts += 1;
+        let child = Command::new(binary(&self.name)?)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,edgefleet_rollout=debug")
+            .args([
+                "--metrics-addr=127.0.0.1:0",
+                "--log-format=text",
+                "--leader-elect=true",
+                &format!("--leader-election-namespace={SYSTEM_NAMESPACE}"),
+                &format!(
+                    "--leader-election-id={}-{}",
+                    self.name, self.watch_namespace
+                ),
+                "--lease-duration-seconds=4",
+                "--lease-grace-seconds=2",
+                &format!("--watch-namespace={}", self.watch_namespace),
+                &format!(
+                    "--identity={}-{}-{}",
+                    self.name, self.watch_namespace, self.starts
+                ),
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the process dies mid-whatever, as in a node crash or OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process and starts a new one (a new identity, as a new pod would have).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "---- last lines of {} ({}) ----",
+                self.name,
+                self.log.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Apply step: carry out a plan's actions against the API server. Every action is idempotent
+//! (an existing pre-pull pod, an already deleted pod, an annotation already set are all fine),
+//! so a restart that repeats an action changes nothing.
+
+use edgefleet_api::rollout::{RolloutJob, keys};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::json;
+
+use crate::error::Result;
+use crate::metrics::RolloutMetrics;
+use crate::plan::{Action, Direction};
+use crate::prepull::{self, PrePullRequest};
+use crate::snapshot::{batch_annotation, outcome_annotation};
+
+/// Most API calls in flight for one job's actions.
+const CONCURRENCY: usize = 16;
+
+/// What the actions need beside themselves.
+pub struct Actor<'a> {
+    pub pods: Api<Pod>,
+    pub job: &'a RolloutJob,
+    pub direction: &'a Direction,
+    pub pull_secrets: Vec<LocalObjectReference>,
+    pub metrics: &'a RolloutMetrics,
+    pub field_manager: &'a str,
+}
+
+impl Actor<'_> {
+    /// Runs the actions, a few at a time; the first error is returned after all have run.
+    pub async fn run(&self, actions: Vec<Action>) -> Result<()> {
+        let results: Vec<Result<()>> = futures::stream::iter(actions)
+            .map(|a| self.act(a))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn act(&self, action: Action) -> Result<()> {
+        let uid = self.job.uid().unwrap_or_default();
+        let now = Timestamp::now();
+        match action {
+            Action::Choose { pod, batch } => {
+                self.annotate(
+                    &pod,
+                    keys::TARGET_BATCH_ANNOTATION,
+                    &batch_annotation(&uid, &batch, now),
+                )
+                .await
+            }
+            Action::PrePull {
+                node,
+                image,
+                batch,
+                attempt,
+            } => {
+                let pod = prepull::build_pod(&PrePullRequest {
+                    job_name: &self.job.name_any(),
+                    job_uid: &uid,
+                    namespace: &self.job.namespace().unwrap_or_default(),
+                    node: &node,
+                    image: &image,
+                    batch: &batch,
+                    attempt,
+                    timeout_seconds: self.job.spec.pre_pull.timeout_seconds,
+                    pull_secrets: self.pull_secrets.clone(),
+                });
+                match self.pods.create(&PostParams::default(), &pod).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Action::Swap {
+                pod,
+                pod_uid,
+                prepull,
+                ..
+            } => {
+                if let Some(pp) = prepull {
+                    // The clock of the interruption starts here; recorded before the delete so a
+                    // restart in between still knows the swap was started.
+                    if let Some(existing) = self.pods.get_opt(&pp).await? {
+                        let started = existing
+                            .annotations()
+                            .contains_key(keys::SWAPPED_AT_ANNOTATION);
+                        if !started {
+                            let pulled_for = now.duration_since(
+                                existing
+                                    .metadata
+                                    .creation_timestamp
+                                    .as_ref()
+                                    .map(|t| t.0)
+                                    .unwrap_or(now),
+                            );
+                            self.metrics
+                                .prepull_duration
+                                .observe(pulled_for.as_secs_f64());
+                            self.annotate(&pp, keys::SWAPPED_AT_ANNOTATION, &now.to_string())
+                                .await?;
+                        }
+                    }
+                }
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(pod_uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                ignore_gone(self.pods.delete(&pod, &params).await.map(|_| ()))
+            }
+            Action::Record { pod, outcome } => {
+                self.annotate(
+                    &pod,
+                    keys::TARGET_OUTCOME_ANNOTATION,
+                    &outcome_annotation(&uid, self.direction, &outcome),
+                )
+                .await
+            }
+            Action::RecordOnPrePull { prepull, outcome } => {
+                self.annotate(
+                    &prepull,
+                    keys::TARGET_OUTCOME_ANNOTATION,
+                    &outcome_annotation(&uid, self.direction, &outcome),
+                )
+                .await
+            }
+            Action::Finish {
+                pod,
+                batch,
+                prepull,
+                interruption,
+            } => {
+                if !batch.is_empty() {
+                    self.annotate(
+                        &pod,
+                        keys::TARGET_BATCH_ANNOTATION,
+                        &batch_annotation(&uid, &batch, now),
+                    )
+                    .await?;
+                }
+                if let Some(d) = interruption {
+                    self.metrics.interruption.observe(d.as_secs_f64().max(0.0));
+                }
+                ignore_gone(
+                    self.pods
+                        .delete(&prepull, &DeleteParams::default())
+                        .await
+                        .map(|_| ()),
+                )
+            }
+            Action::DeletePrePull { name } => ignore_gone(
+                self.pods
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+        }
+    }
+
+    async fn annotate(&self, pod: &str, key: &str, value: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        let params = PatchParams {
+            field_manager: Some(self.field_manager.to_string()),
+            ..PatchParams::default()
+        };
+        ignore_gone(
+            self.pods
+                .patch(pod, &params, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+        )
+    }
+}
+
+/// A pod that is already gone is what a delete wanted, and an annotation on it no longer matters.
+fn ignore_gone(result: kube::Result<()>) -> Result<()> {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        other => other.map_err(Into::into),
+    }
+}

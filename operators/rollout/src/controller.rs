@@ -1,0 +1,928 @@
+//! The RolloutJob controller: read → plan (pure, in [`crate::plan`]) → act → status.
+//!
+//! Pods and nodes are read from reflector caches (stripped to the fields the plan reads, so
+//! memory stays flat at 100,000 pods); workloads are listed per reconcile (few objects). Active
+//! jobs are requeued every couple of seconds: progress is driven by the clock (timeouts,
+//! minReadySeconds) as much as by events.
+
+use edgefleet_api::rollout::{
+    BatchSummary, FailureAction, MAX_BATCH_SUMMARIES, MAX_RECENT_FAILURES, RolloutJob,
+    RolloutJobStatus, RolloutPhase, TargetFailure, WorkloadKind, keys,
+};
+use edgefleet_kit::{ConditionStatus, ReconcileMetrics, set_condition};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::act::Actor;
+use crate::error::{Error, Result};
+use crate::metrics::RolloutMetrics;
+use crate::plan::{self, Direction, Snapshot, Target, TargetState};
+use crate::snapshot;
+use crate::workload;
+
+/// Field manager and event reporter of this operator.
+pub const OPERATOR: &str = "edgefleet-rollout";
+/// Held while the job may have changed a workload: deletion restores it first.
+pub const FINALIZER: &str = "edgefleet.io/rollout-cleanup";
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+    pub recorder: Recorder,
+    pub metrics: ReconcileMetrics,
+    pub rollout: RolloutMetrics,
+}
+
+/// Runs the controller (and the pod and node caches it reads) until `shutdown` trips.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: ReconcileMetrics,
+    rollout: RolloutMetrics,
+    recorder: Recorder,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let (pods, pod_writer) = reflector::store();
+    let pods_api: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let jobs_api: Api<RolloutJob> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let pod_cache = watcher(pods_api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip_pod)
+        .reflect(pod_writer)
+        .for_each(|_| futures::future::ready(()));
+    let (nodes, node_writer) = reflector::store();
+    let node_cache = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(strip_node)
+        .reflect(node_writer)
+        .for_each(|_| futures::future::ready(()));
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: pods.clone(),
+        nodes: nodes.clone(),
+        recorder,
+        metrics,
+        rollout,
+    });
+    let controller = async {
+        // Plans made from half-filled caches would see targets as missing.
+        if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
+            return;
+        }
+        tracing::info!("caches synced; reconciling RolloutJobs");
+        Controller::new(jobs_api, watcher::Config::default())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| futures::future::ready(()))
+            .await;
+    };
+    tokio::select! {
+        () = controller => {},
+        () = pod_cache => tracing::warn!("pod cache ended"),
+        () = node_cache => tracing::warn!("node cache ended"),
+        () = shutdown.cancelled() => {},
+    }
+}
+
+/// Keep what the plan reads; the rest of a pod (managed fields, volumes, env) is dropped.
+fn strip_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.init_containers = None;
+        spec.tolerations = None;
+        for c in &mut spec.containers {
+            c.env = None;
+            c.env_from = None;
+            c.volume_mounts = None;
+            c.command = None;
+            c.args = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.resources = None;
+            c.ports = None;
+        }
+    }
+}
+
+/// A node's labels and conditions are all the plan needs (its image list can be kilobytes).
+fn strip_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.spec = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.node_info = None;
+        status.addresses = None;
+        status.capacity = None;
+        status.allocatable = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+fn error_policy(_job: Arc<RolloutJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(%error, "reconcile failed");
+    ctx.metrics.reconcile_failed(error);
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+#[tracing::instrument(skip_all, fields(namespace = job.namespace(), name = job.name_any()))]
+async fn reconcile(job: Arc<RolloutJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    let _timer = ctx.metrics.reconcile_started();
+    let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
+    let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&jobs, FINALIZER, job, |event| async {
+        match event {
+            Finalizer::Apply(job) => apply(&job, &ctx).await,
+            Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn is_terminal(phase: RolloutPhase) -> bool {
+    matches!(
+        phase,
+        RolloutPhase::Completed
+            | RolloutPhase::Aborted
+            | RolloutPhase::RolledBack
+            | RolloutPhase::Failed
+    )
+}
+
+/// A label selector as the API's query string.
+pub fn selector_string(selector: &LabelSelector) -> String {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// One workload the job drives, resolved against the cluster.
+struct Workload {
+    ds: DaemonSet,
+    container: String,
+    /// The image its targets must end on in the current direction.
+    image: String,
+}
+
+/// What the read step found that stops the job from acting, with its condition reason.
+struct Blocked {
+    phase: RolloutPhase,
+    reason: &'static str,
+    message: String,
+    requeue: Duration,
+}
+
+async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
+    let old = job.status.clone().unwrap_or_default();
+    if is_terminal(old.phase) {
+        return Ok(Requeue::await_change());
+    }
+    let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
+    let uid = job.uid().ok_or(Error::MissingField("uid"))?;
+    let spec = &job.spec;
+    let now = Timestamp::now();
+
+    let rolling_back = spec.rollback || old.phase == RolloutPhase::RollingBack;
+    let direction = if rolling_back {
+        Direction::ROLLBACK
+    } else {
+        Direction::FORWARD
+    };
+    let aborting = spec.abort;
+    let switching = rolling_back && old.phase != RolloutPhase::RollingBack;
+
+    // Read: the workloads, and whether this job may drive them.
+    let (workloads, blocked) = match resolve_workloads(job, ctx, &ns, &uid, rolling_back).await? {
+        Ok(w) => (w, None),
+        Err(b) => (Vec::new(), Some(b)),
+    };
+    if let Some(b) = blocked {
+        let mut status = old.clone();
+        status.phase = b.phase;
+        status.message = Some(b.message.clone());
+        status.observed_generation = job.metadata.generation;
+        set_condition(
+            &mut status.conditions,
+            "Progressing",
+            ConditionStatus::False,
+            b.reason,
+            &b.message,
+            job.metadata.generation,
+            now,
+        );
+        if b.phase == RolloutPhase::Failed {
+            set_condition(
+                &mut status.conditions,
+                "Failed",
+                ConditionStatus::True,
+                b.reason,
+                &b.message,
+                job.metadata.generation,
+                now,
+            );
+        }
+        if old.message.as_deref() != Some(&b.message) {
+            publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
+        }
+        write_status(ctx, job, &old, status).await?;
+        return Ok(Requeue::requeue(b.requeue));
+    }
+
+    // Hand edits: never fight a person; pause and say what changed.
+    let hand_edit = workloads
+        .iter()
+        .find_map(|w| workload::changed_by_hand(&w.ds, &w.container, &uid));
+    if hand_edit.is_none() && !aborting {
+        prepare_workloads(ctx, job, &ns, &uid, &workloads).await?;
+    }
+
+    // Snapshot → plan.
+    let all_pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let nodes: HashMap<String, Arc<Node>> = ctx
+        .nodes
+        .state()
+        .into_iter()
+        .map(|n| (n.name_any(), n))
+        .collect();
+    let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, &direction);
+    let mut targets: Vec<Target> = Vec::new();
+    for w in &workloads {
+        targets.extend(snapshot::daemonset_targets(
+            &w.ds,
+            &w.container,
+            &w.image,
+            &direction,
+            job,
+            &all_pods,
+            &nodes,
+            &prepulls,
+        ));
+    }
+    plan::order_targets(&mut targets);
+
+    let step_pause = step_pause_active(job, &old, now);
+    let hold = spec.paused || hand_edit.is_some() || step_pause.is_some();
+    let snap = Snapshot {
+        spec,
+        direction: direction.clone(),
+        targets,
+        // The first reconcile of a rollback starts its own batches from 1.
+        current_batch: if switching { 0 } else { old.current_batch },
+        current_batch_size: if switching {
+            0
+        } else {
+            current_batch_planned(&old)
+        },
+        hold,
+        stop: aborting,
+        now,
+    };
+    let plan = plan::plan(&snap);
+
+    // Act.
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for stale in &other_direction {
+        let _ = pods_api
+            .delete(&stale.name_any(), &DeleteParams::default())
+            .await;
+    }
+    let actor = Actor {
+        pods: pods_api.clone(),
+        job,
+        direction: &direction,
+        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
+        metrics: &ctx.rollout,
+        field_manager: OPERATOR,
+    };
+    actor.run(plan.actions.clone()).await?;
+
+    // Decide the phase.
+    let budget_action = if rolling_back {
+        FailureAction::Pause
+    } else {
+        spec.failure_policy.action
+    };
+    let mut phase = if rolling_back {
+        RolloutPhase::RollingBack
+    } else {
+        RolloutPhase::Progressing
+    };
+    let mut pause_reason: Option<(&str, String)> = None;
+    if aborting {
+        phase = RolloutPhase::Aborted;
+    } else if plan.complete {
+        phase = if rolling_back {
+            RolloutPhase::RolledBack
+        } else {
+            RolloutPhase::Completed
+        };
+    } else if plan.budget_exceeded {
+        let message = format!(
+            "{} targets failed, more than the tolerance of {}",
+            plan.counts.failed,
+            plan::tolerance(&spec.failure_policy.tolerance, plan.counts.targets)
+        );
+        match budget_action {
+            FailureAction::Pause => {
+                phase = RolloutPhase::Paused;
+                pause_reason = Some((
+                    "FailureBudgetExceeded",
+                    format!(
+                        "{message}: raise spec.failurePolicy.tolerance to go on, or set spec.abort or spec.rollback"
+                    ),
+                ));
+            }
+            FailureAction::Abort => phase = RolloutPhase::Aborted,
+            FailureAction::Rollback => phase = RolloutPhase::RollingBack,
+        }
+        if old.phase != phase {
+            publish(
+                ctx,
+                job,
+                EventType::Warning,
+                "FailureBudgetExceeded",
+                &message,
+            )
+            .await;
+        }
+    } else if let Some(m) = hand_edit {
+        phase = RolloutPhase::Paused;
+        pause_reason = Some(("WorkloadChanged", m));
+    } else if spec.paused {
+        phase = RolloutPhase::Paused;
+        pause_reason = Some((
+            "SpecPaused",
+            "spec.paused is true: set it to false to resume".into(),
+        ));
+    } else if let Some(m) = step_pause {
+        phase = RolloutPhase::Paused;
+        pause_reason = Some(("StepPause", m));
+    }
+
+    // Ending: give the workloads back, remove what is left of ours.
+    if is_terminal(phase) {
+        release(ctx, &ns, &uid, phase != RolloutPhase::Aborted).await?;
+    }
+
+    // Status.
+    let mut base = old.clone();
+    if switching {
+        base.batches.clear();
+        base.current_batch = 0;
+    }
+    let status = build_status(job, &base, &plan, phase, pause_reason.clone(), now);
+    events(ctx, job, &old, &status, &plan).await;
+    export_metrics(ctx, job, &snap, &old, &status);
+    write_status(ctx, job, &old, status).await?;
+
+    Ok(if is_terminal(phase) {
+        Requeue::await_change()
+    } else if phase == RolloutPhase::Paused {
+        Requeue::requeue(Duration::from_secs(5))
+    } else {
+        Requeue::requeue(Duration::from_secs(2))
+    })
+}
+
+/// Finds the job's workloads and checks it may drive them; `Err(Blocked)` says why not.
+async fn resolve_workloads(
+    job: &RolloutJob,
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    rolling_back: bool,
+) -> Result<std::result::Result<Vec<Workload>, Blocked>> {
+    let spec = &job.spec;
+    if spec.target.kind != WorkloadKind::DaemonSet {
+        return Ok(Err(Blocked {
+            phase: RolloutPhase::Failed,
+            reason: "UnsupportedKind",
+            message: format!(
+                "{:?} targets are not supported by this version of the rollout operator yet; DaemonSet is",
+                spec.target.kind
+            ),
+            requeue: Duration::from_secs(300),
+        }));
+    }
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = selector_string(&spec.target.selector);
+    let list = api.list(&ListParams::default().labels(&selector)).await?;
+    if list.items.is_empty() {
+        return Ok(Err(Blocked {
+            phase: RolloutPhase::Pending,
+            reason: "NoTargets",
+            message: format!("no DaemonSet in namespace {ns} matches selector {selector:?}"),
+            requeue: Duration::from_secs(30),
+        }));
+    }
+    let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Vec::new();
+    for ds in list.items {
+        let name = ds.name_any();
+        let containers = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let container =
+            match snapshot::target_container(&containers, spec.target.container.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Ok(Err(Blocked {
+                        phase: RolloutPhase::Pending,
+                        reason: "InvalidTarget",
+                        message: format!("DaemonSet {name} {e}"),
+                        requeue: Duration::from_secs(60),
+                    }));
+                }
+            };
+        if let Some((holder, holder_uid)) = workload::lock_holder(&ds)
+            && holder_uid != uid
+            && let Some(other) = jobs.get_opt(&holder).await?
+            && other.uid().as_deref() == Some(holder_uid.as_str())
+            && !other.status.as_ref().is_some_and(|s| is_terminal(s.phase))
+        {
+            return Ok(Err(Blocked {
+                phase: RolloutPhase::Pending,
+                reason: "WaitingForWorkload",
+                message: format!(
+                    "DaemonSet {name} is being rolled out by RolloutJob {holder}; this job starts when it ends"
+                ),
+                requeue: Duration::from_secs(10),
+            }));
+        }
+        let image = if rolling_back {
+            match workload::previous_image(&ds) {
+                Some(i) => i,
+                None => {
+                    return Ok(Err(Blocked {
+                        phase: RolloutPhase::Failed,
+                        reason: "NoPreviousImage",
+                        message: format!(
+                            "DaemonSet {name} has no recorded previous image to roll back to"
+                        ),
+                        requeue: Duration::from_secs(300),
+                    }));
+                }
+            }
+        } else {
+            spec.image.clone()
+        };
+        out.push(Workload {
+            ds,
+            container,
+            image,
+        });
+    }
+    Ok(Ok(out))
+}
+
+async fn prepare_workloads(
+    ctx: &Context,
+    job: &RolloutJob,
+    ns: &str,
+    uid: &str,
+    workloads: &[Workload],
+) -> Result<()> {
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
+    for w in workloads {
+        if let Some(patch) =
+            workload::prepare_patch(&w.ds, &job.name_any(), uid, &w.container, &w.image)
+        {
+            api.patch(&w.ds.name_any(), &manager(), &Patch::Strategic(&patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives every workload this job holds back — restored when `finished`, frozen as it is when
+/// aborted — and deletes the job's pre-pull pods.
+async fn release(ctx: &Context, ns: &str, uid: &str, finished: bool) -> Result<()> {
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
+    let locked = api.list(&ListParams::default()).await?;
+    for ds in locked.items {
+        let patch = if finished {
+            workload::release_patch(&ds, uid)
+        } else {
+            workload::freeze_patch(&ds, uid)
+        };
+        if let Some(patch) = patch {
+            api.patch(&ds.name_any(), &manager(), &Patch::Strategic(&patch))
+                .await?;
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let _ = pods
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&format!("{}={uid}", keys::JOB_UID_LABEL)),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
+    let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
+    let uid = job.uid().ok_or(Error::MissingField("uid"))?;
+    // Deleted mid-rollout: leave the workload as it is (like an abort).
+    let finished = job
+        .status
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase, RolloutPhase::Completed | RolloutPhase::RolledBack));
+    release(ctx, &ns, &uid, finished).await?;
+    Ok(Requeue::await_change())
+}
+
+fn manager() -> PatchParams {
+    PatchParams {
+        field_manager: Some(OPERATOR.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// Members the status says the current batch was started with.
+fn current_batch_planned(status: &RolloutJobStatus) -> i64 {
+    status
+        .batches
+        .iter()
+        .find(|b| b.index == status.current_batch)
+        .map_or(0, |b| b.counts.targets)
+}
+
+/// A step pause after the last finished batch: `Some(message)` while it holds.
+fn step_pause_active(
+    job: &RolloutJob,
+    status: &RolloutJobStatus,
+    now: Timestamp,
+) -> Option<String> {
+    let steps = job.spec.batches.steps.as_ref()?;
+    let batch = status
+        .batches
+        .iter()
+        .find(|b| b.index == status.current_batch)?;
+    let finished = batch.finish_time.as_ref()?.0;
+    let pause = steps
+        .get(usize::try_from(batch.index - 1).ok()?)?
+        .pause
+        .as_ref()?;
+    match pause.seconds {
+        Some(s) if finished + jiff::SignedDuration::from_secs(s) <= now => None,
+        Some(s) => Some(format!("step pause after batch {}: {s}s", batch.index)),
+        None => Some(format!(
+            "step pause after batch {}: set spec.paused to true and back to false to go on",
+            batch.index
+        )),
+    }
+}
+
+fn build_status(
+    job: &RolloutJob,
+    old: &RolloutJobStatus,
+    plan: &plan::Plan,
+    phase: RolloutPhase,
+    pause_reason: Option<(&str, String)>,
+    now: Timestamp,
+) -> RolloutJobStatus {
+    let generation = job.metadata.generation;
+    let mut s = old.clone();
+    s.observed_generation = generation;
+    s.phase = phase;
+    s.counts = plan.counts.clone();
+    s.current_batch = plan.current_batch;
+    s.total_batches = plan.total_batches.max(plan.current_batch);
+    s.progress = Some(format!("{}/{}", s.current_batch, s.total_batches));
+    s.start_time.get_or_insert(Time(now));
+
+    // Batch summaries: the current one updated, a new one on start, bounded.
+    if let Some(started) = plan.started_batch {
+        if let Some(prev) = s.batches.iter_mut().find(|b| b.index == started - 1)
+            && prev.finish_time.is_none()
+        {
+            prev.finish_time = Some(Time(now));
+            prev.phase = "Completed".into();
+        }
+        s.batches.push(BatchSummary {
+            index: started,
+            group: None,
+            phase: "Progressing".into(),
+            counts: plan.current_batch_counts.clone(),
+            start_time: Some(Time(now)),
+            finish_time: None,
+        });
+    } else if let Some(b) = s.batches.iter_mut().find(|b| b.index == plan.current_batch) {
+        b.counts = plan.current_batch_counts.clone();
+        if plan.current_batch_done && b.finish_time.is_none() {
+            b.finish_time = Some(Time(now));
+            b.phase = "Completed".into();
+        }
+    }
+    if let Some(b) = s.batches.iter_mut().find(|b| b.index == plan.current_batch) {
+        b.counts.targets = b.counts.targets.max(plan.current_batch_size);
+    }
+    let excess = s.batches.len().saturating_sub(MAX_BATCH_SUMMARIES);
+    s.batches.drain(..excess);
+
+    for (t, o) in &plan.failures {
+        s.recent_failures
+            .retain(|f| !(f.node == t.node && f.workload == t.workload));
+        s.recent_failures.push(TargetFailure {
+            node: t.node.clone(),
+            workload: t.workload.clone(),
+            reason: o.reason.clone(),
+            message: o.message.clone(),
+            time: Some(Time(now)),
+        });
+    }
+    let excess = s.recent_failures.len().saturating_sub(MAX_RECENT_FAILURES);
+    s.recent_failures.drain(..excess);
+
+    let message = match (&pause_reason, phase) {
+        (Some((_, m)), _) => m.clone(),
+        (None, RolloutPhase::Completed) => format!("{} targets on the new image", s.counts.updated),
+        (None, RolloutPhase::RolledBack) => {
+            "every updated target is back on its previous image".into()
+        }
+        (None, RolloutPhase::Aborted) => "aborted; updated targets keep the new image".into(),
+        _ => format!(
+            "batch {}: {} of {} targets updated, {} failed, {} skipped",
+            s.progress.as_deref().unwrap_or_default(),
+            s.counts.updated,
+            s.counts.targets,
+            s.counts.failed,
+            s.counts.skipped
+        ),
+    };
+    s.message = Some(message.clone());
+
+    let c = &mut s.conditions;
+    let progressing = !is_terminal(phase) && pause_reason.is_none();
+    let reason = match phase {
+        RolloutPhase::RollingBack => "RollingBack",
+        RolloutPhase::Paused => "Paused",
+        RolloutPhase::Completed => "Completed",
+        RolloutPhase::RolledBack => "RolledBack",
+        RolloutPhase::Aborted => "Aborted",
+        _ => "BatchesRunning",
+    };
+    set_condition(
+        c,
+        "Progressing",
+        progressing,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    match &pause_reason {
+        Some((r, m)) => set_condition(c, "Paused", ConditionStatus::True, r, m, generation, now),
+        None => set_condition(
+            c,
+            "Paused",
+            ConditionStatus::False,
+            "Running",
+            "",
+            generation,
+            now,
+        ),
+    };
+    let complete = matches!(phase, RolloutPhase::Completed | RolloutPhase::RolledBack);
+    set_condition(
+        c,
+        "Complete",
+        complete,
+        reason,
+        if complete { &message } else { "" },
+        generation,
+        now,
+    );
+    let failed = phase == RolloutPhase::Aborted && !job.spec.abort;
+    set_condition(
+        c,
+        "Failed",
+        failed,
+        if failed {
+            "FailureBudgetExceeded"
+        } else {
+            "NoFailure"
+        },
+        if failed { &message } else { "" },
+        generation,
+        now,
+    );
+    if is_terminal(phase) {
+        s.completion_time.get_or_insert(Time(now));
+    }
+    s
+}
+
+async fn write_status(
+    ctx: &Context,
+    job: &RolloutJob,
+    old: &RolloutJobStatus,
+    status: RolloutJobStatus,
+) -> Result<()> {
+    if &status == old {
+        return Ok(());
+    }
+    let api: Api<RolloutJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    edgefleet_kit::apply_status(&api, &job.name_any(), &status, OPERATOR).await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, job: &RolloutJob, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish event");
+    }
+}
+
+async fn events(
+    ctx: &Context,
+    job: &RolloutJob,
+    old: &RolloutJobStatus,
+    new: &RolloutJobStatus,
+    plan: &plan::Plan,
+) {
+    if let Some(n) = plan.started_batch {
+        if n > 1 {
+            publish(
+                ctx,
+                job,
+                EventType::Normal,
+                "BatchCompleted",
+                &format!("batch {} of {} completed", n - 1, new.total_batches),
+            )
+            .await;
+        }
+        publish(
+            ctx,
+            job,
+            EventType::Normal,
+            "BatchStarted",
+            &format!(
+                "batch {n} of {} started with {} targets",
+                new.total_batches, plan.current_batch_size
+            ),
+        )
+        .await;
+    }
+    for (t, o) in plan.failures.iter().take(10) {
+        publish(
+            ctx,
+            job,
+            EventType::Warning,
+            &o.reason,
+            &format!("{} on node {}: {}", t.workload, t.node, o.message),
+        )
+        .await;
+    }
+    if old.phase != new.phase {
+        let (type_, reason) = match new.phase {
+            RolloutPhase::Paused => (EventType::Normal, "Paused"),
+            RolloutPhase::RollingBack => (EventType::Warning, "RollbackStarted"),
+            RolloutPhase::Completed => (EventType::Normal, "Completed"),
+            RolloutPhase::RolledBack => (EventType::Normal, "RolledBack"),
+            RolloutPhase::Aborted => (EventType::Warning, "Aborted"),
+            RolloutPhase::Progressing => (EventType::Normal, "Progressing"),
+            _ => return,
+        };
+        publish(
+            ctx,
+            job,
+            type_,
+            reason,
+            new.message.as_deref().unwrap_or_default(),
+        )
+        .await;
+    }
+}
+
+fn export_metrics(
+    ctx: &Context,
+    job: &RolloutJob,
+    snap: &Snapshot<'_>,
+    old: &RolloutJobStatus,
+    new: &RolloutJobStatus,
+) {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let mut by_state: HashMap<&'static str, i64> = HashMap::new();
+    for t in &snap.targets {
+        let state = match plan::state_of(snap, t) {
+            TargetState::Done => "done",
+            TargetState::Failed => "failed",
+            TargetState::Skipped => "skipped",
+            TargetState::Pending => "pending",
+            TargetState::WaitingForNode => "waiting_for_node",
+            TargetState::Chosen => "chosen",
+            TargetState::Pulling => "pulling",
+            TargetState::Pulled => "pulled",
+            TargetState::Swapping => "swapping",
+        };
+        *by_state.entry(state).or_default() += 1;
+    }
+    for state in [
+        "done",
+        "failed",
+        "skipped",
+        "pending",
+        "waiting_for_node",
+        "chosen",
+        "pulling",
+        "pulled",
+        "swapping",
+    ] {
+        let value = if is_terminal(new.phase) {
+            0
+        } else {
+            by_state.get(state).copied().unwrap_or(0)
+        };
+        ctx.rollout
+            .targets
+            .with_label_values(&[&ns, &name, state])
+            .set(value);
+    }
+    // A batch that finished in this reconcile.
+    for b in &new.batches {
+        let was_open = old
+            .batches
+            .iter()
+            .find(|o| o.index == b.index)
+            .is_none_or(|o| o.finish_time.is_none());
+        if let (Some(start), Some(end), true) = (&b.start_time, &b.finish_time, was_open) {
+            ctx.rollout
+                .batch_duration
+                .observe(end.0.duration_since(start.0).as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_render_as_the_api_expects() {
+        let s: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "toll"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "canary", "operator": "DoesNotExist"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(selector_string(&s), "app=toll,tier in (a,b),!canary");
+    }
+}

@@ -1,0 +1,28 @@
+//! Errors of the rollout operator, each with a short label for metrics.
+
+use edgefleet_kit::MetricLabel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Kit(#[from] edgefleet_kit::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("RolloutJob has no {0}")]
+    MissingField(&'static str),
+}
+
+impl MetricLabel for Error {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube_api",
+            Self::Kit(e) => e.metric_label(),
+            Self::Finalizer(_) => "finalizer",
+            Self::MissingField(_) => "missing_field",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,55 @@
+//! `edgefleet-rollout`: the RolloutJob operator.
+
+use clap::Parser;
+use edgefleet_kit as kit;
+use edgefleet_rollout::controller::{self, OPERATOR};
+use edgefleet_rollout::metrics::RolloutMetrics;
+
+/// Rolls new images across edge workloads in batches, pre-pulling before every swap.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: kit::CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    kit::init_tracing(cli.common.log_format, &cli.common.log_filter)?;
+    let shutdown = kit::shutdown_signal();
+
+    let registry = prometheus::Registry::new();
+    let metrics = kit::ReconcileMetrics::register(&registry, "edgefleet_rollout")?;
+    let rollout = RolloutMetrics::register(&registry)?;
+    let readiness = kit::Readiness::new();
+    let server = kit::serve(
+        cli.common.metrics_addr,
+        registry,
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+
+    let client = kube::Client::try_default().await?;
+    let recorder = kit::recorder(client.clone(), OPERATOR, &cli.common.identity);
+    let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
+        .with_leader_gauge(metrics.leader.clone());
+
+    // A standby replica is ready too: it serves metrics and waits for the lease.
+    readiness.set_ready(true);
+    kit::run_while_leader(elector, shutdown.clone(), || {
+        controller::run(
+            client.clone(),
+            cli.common.watch_namespace.clone(),
+            metrics.clone(),
+            rollout.clone(),
+            recorder.clone(),
+            shutdown.clone(),
+        )
+    })
+    .await;
+    server.wait().await?;
+    Ok(())
+}

@@ -1,0 +1,1173 @@
+//! The pure heart of the rollout: from a snapshot of the cluster (targets, their pods and
+//! pre-pull pods) decide what to do next and what the status says. No I/O here, so every rule
+//! has a table test.
+//!
+//! Per target (a workload's pod slot on one node) the life is:
+//!
+//! ```text
+//! Pending ─▶ chosen for batch k ─▶ pre-pull pod ─▶ pulled ─▶ swap (old pod deleted)
+//!                  │                    │ failed: retry, then Failed        │
+//!                  │ node offline: Skip / Wait                              ▼
+//!                  ▼                                          new pod Ready for minReadySeconds
+//!               Skipped                                                      │
+//!                                                                  Done (pre-pull pod removed)
+//! ```
+//!
+//! Every step leaves a mark on the cluster (an annotation on the target pod, a pre-pull pod with
+//! its labels and annotations), so a restarted operator rebuilds exactly this picture.
+
+use edgefleet_api::rollout::{
+    BatchPolicy, FailureAction, OfflineNodeAction, RolloutJobSpec, TargetCounts,
+};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::prepull::PullState;
+
+/// A target's pod as the plan needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodView {
+    pub name: String,
+    pub uid: String,
+    /// Image of the target container.
+    pub image: String,
+    pub created: Timestamp,
+    /// Ready, and since when.
+    pub ready_since: Option<Timestamp>,
+    /// Batch key of this job the pod was chosen for (`TARGET_BATCH_ANNOTATION`), if any.
+    pub batch: Option<String>,
+    /// When it was chosen.
+    pub chosen_at: Option<Timestamp>,
+    /// This job's recorded outcome for the target (`Failed`/`Skipped` reason and message).
+    pub outcome: Option<Outcome>,
+    pub terminating: bool,
+}
+
+/// A pre-pull pod of this job, as the plan needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrePullView {
+    pub name: String,
+    pub batch: String,
+    pub attempt: i32,
+    pub created: Timestamp,
+    pub state: PullState,
+    pub swapped_at: Option<Timestamp>,
+    /// A failure recorded on the pre-pull pod itself (when no target pod was left to carry it).
+    pub outcome: Option<Outcome>,
+}
+
+/// A recorded terminal outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Failed,
+    Skipped,
+}
+
+/// One workload pod slot on one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// `DaemonSet/<name>`.
+    pub workload: String,
+    pub node: String,
+    /// The image this target must end on.
+    pub image: String,
+    /// The node's `groupBy` label value ("" when not grouping or unlabelled).
+    pub group: String,
+    pub node_ready: bool,
+    /// The workload's pod on the node; none while a swap is in flight.
+    pub pod: Option<PodView>,
+    /// This job's newest pre-pull pod on the node.
+    pub prepull: Option<PrePullView>,
+}
+
+/// Which way the job is going: forward to the new image, or back to each workload's previous one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Direction {
+    /// Prefix of batch keys and outcomes: `""` forward, `"rb-"` rolling back.
+    pub batch_prefix: &'static str,
+}
+
+impl Direction {
+    pub const FORWARD: Self = Self { batch_prefix: "" };
+    pub const ROLLBACK: Self = Self {
+        batch_prefix: "rb-",
+    };
+}
+
+impl Direction {
+    pub fn batch_key(&self, n: i32) -> String {
+        format!("{}{n}", self.batch_prefix)
+    }
+    /// The batch number of a key of this direction.
+    pub fn batch_number(&self, key: &str) -> Option<i32> {
+        key.strip_prefix(self.batch_prefix)?.parse().ok()
+    }
+}
+
+/// Everything a plan is made from.
+#[derive(Clone, Debug)]
+pub struct Snapshot<'a> {
+    pub spec: &'a RolloutJobSpec,
+    pub direction: Direction,
+    /// Targets in rollout order (see [`order_targets`]).
+    pub targets: Vec<Target>,
+    /// The batch the status says is in progress (0: none started).
+    pub current_batch: i32,
+    /// Members the status says the current batch was started with.
+    pub current_batch_size: i64,
+    /// Hold new work: `spec.paused`, a step pause or a failure-budget pause.
+    pub hold: bool,
+    /// Wind down: abort requested or the job is over.
+    pub stop: bool,
+    pub now: Timestamp,
+}
+
+/// One thing to do against the API server. Each is idempotent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Annotate a target pod as a member of a batch.
+    Choose { pod: String, batch: String },
+    /// Create a pre-pull pod (a retry is the next attempt).
+    PrePull {
+        node: String,
+        image: String,
+        batch: String,
+        attempt: i32,
+    },
+    /// Record the swap start on the pre-pull pod (if any), then delete the old pod.
+    Swap {
+        node: String,
+        pod: String,
+        pod_uid: String,
+        prepull: Option<String>,
+    },
+    /// Record a terminal outcome on the target pod.
+    Record { pod: String, outcome: Outcome },
+    /// Record a terminal outcome on a pre-pull pod (no target pod left to carry it).
+    RecordOnPrePull { prepull: String, outcome: Outcome },
+    /// Mark a verified target pod with its batch (so the batch still counts it) and drop the
+    /// pre-pull pod.
+    Finish {
+        pod: String,
+        batch: String,
+        prepull: String,
+        interruption: Option<SignedDuration>,
+    },
+    /// Delete a pre-pull pod (failed attempt, cleanup).
+    DeletePrePull { name: String },
+}
+
+/// Where one target stands, derived from the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// On the desired image and verified.
+    Done,
+    Failed,
+    Skipped,
+    /// Not chosen yet.
+    Pending,
+    /// Chosen, waiting for its node to come back (offlineNodes: Wait).
+    WaitingForNode,
+    /// Chosen, no pull started (waiting for a pull slot).
+    Chosen,
+    Pulling,
+    /// Pulled, waiting for a swap slot.
+    Pulled,
+    /// Old pod deleted; new pod not yet verified.
+    Swapping,
+}
+
+impl TargetState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Skipped)
+    }
+}
+
+/// The plan: actions, and the figures status is made from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub counts: TargetCounts,
+    pub total_batches: i32,
+    /// The batch in progress after this plan (may be the next one, just started).
+    pub current_batch: i32,
+    /// Members of the current batch.
+    pub current_batch_size: i64,
+    /// Figures of the current batch's members.
+    pub current_batch_counts: TargetCounts,
+    /// The current batch finished with this plan (all members terminal or waiting for a node).
+    pub current_batch_done: bool,
+    /// A batch was started by this plan.
+    pub started_batch: Option<i32>,
+    /// Every target is terminal.
+    pub complete: bool,
+    /// Failures beyond the tolerance.
+    pub budget_exceeded: bool,
+    /// Per-target failures (and skips) seen in this plan, for status and events.
+    pub failures: Vec<(Target, Outcome)>,
+}
+
+/// Sorts targets into rollout order: by group, then node, then workload — deterministic, so a
+/// restarted operator picks the same next batch.
+pub fn order_targets(targets: &mut [Target]) {
+    targets.sort_by(|a, b| {
+        (a.group.as_str(), a.node.as_str(), a.workload.as_str()).cmp(&(
+            b.group.as_str(),
+            b.node.as_str(),
+            b.workload.as_str(),
+        ))
+    });
+}
+
+/// `value` of `total`: a count, or a percentage rounded up (at least 1 when `total > 0`).
+pub fn scaled(value: &IntOrString, total: i64) -> i64 {
+    match value {
+        IntOrString::Int(n) => i64::from(*n),
+        IntOrString::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            let n = (total * pct + 99) / 100;
+            if pct > 0 { n.max(1) } else { 0 }
+        }
+    }
+}
+
+/// Failures tolerated: a count, or a percentage of all targets rounded down.
+pub fn tolerance(value: &IntOrString, total: i64) -> i64 {
+    match value {
+        IntOrString::Int(n) => i64::from(*n),
+        IntOrString::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            total * pct / 100
+        }
+    }
+}
+
+/// Size of batch `n` (1-based) for `total` targets.
+pub fn batch_size(policy: &BatchPolicy, n: i32, total: i64) -> i64 {
+    if let Some(steps) = &policy.steps {
+        return match usize::try_from(n - 1).ok().and_then(|i| steps.get(i)) {
+            Some(step) => scaled(&step.size, total).max(1),
+            // Whatever the steps did not cover goes in one last batch.
+            None => total.max(1),
+        };
+    }
+    let size = policy.size.as_ref().map_or_else(
+        || scaled(&IntOrString::String("10%".into()), total),
+        |s| scaled(s, total),
+    );
+    size.max(1)
+}
+
+/// How many batches `total` targets make, given the groups they fall in (in order).
+pub fn count_batches(policy: &BatchPolicy, groups: &[&str]) -> i32 {
+    let total = i64::try_from(groups.len()).unwrap_or(i64::MAX);
+    let mut n = 0;
+    let mut i = 0;
+    while i < groups.len() {
+        n += 1;
+        i += take_batch(policy, &groups[i..], batch_size(policy, n, total));
+    }
+    n
+}
+
+/// How many of the next targets (given their groups, in order) one batch of `size` takes: whole
+/// groups when grouping (at least one group, even when larger than `size`).
+fn take_batch(policy: &BatchPolicy, groups: &[&str], size: i64) -> usize {
+    let size = usize::try_from(size).unwrap_or(usize::MAX).max(1);
+    if policy.group_by.is_none() {
+        return size.min(groups.len());
+    }
+    let mut taken = 0;
+    while taken < groups.len() {
+        let group = groups[taken];
+        let len = groups[taken..].iter().take_while(|g| **g == group).count();
+        if taken > 0 && taken + len > size {
+            break;
+        }
+        taken += len;
+    }
+    taken
+}
+
+/// Makes the plan for one reconcile.
+pub fn plan(snap: &Snapshot<'_>) -> Plan {
+    let spec = snap.spec;
+    let dir = &snap.direction;
+    let total = i64::try_from(snap.targets.len()).unwrap_or(i64::MAX);
+    let mut out = Plan {
+        current_batch: snap.current_batch,
+        ..Plan::default()
+    };
+
+    let states: Vec<TargetState> = snap.targets.iter().map(|t| state_of(snap, t)).collect();
+
+    // Figures first: they decide the failure budget.
+    let mut counts = TargetCounts {
+        targets: total,
+        ..TargetCounts::default()
+    };
+    for (t, s) in snap.targets.iter().zip(&states) {
+        let on_image = t.pod.as_ref().is_some_and(|p| p.image == t.image);
+        if on_image {
+            counts.updated += 1;
+            if t.pod.as_ref().is_some_and(|p| p.ready_since.is_some()) {
+                counts.ready += 1;
+            }
+        }
+        match s {
+            TargetState::Failed => counts.failed += 1,
+            TargetState::Skipped => counts.skipped += 1,
+            _ => {}
+        }
+        let pulled = matches!(s, TargetState::Pulled | TargetState::Swapping)
+            || (on_image && t.prepull.is_some());
+        if pulled {
+            counts.pre_pulled += 1;
+        }
+    }
+    out.budget_exceeded = counts.failed > tolerance(&spec.failure_policy.tolerance, total);
+    out.counts = counts;
+
+    let active = !snap.stop && !snap.hold && !out.budget_exceeded;
+    let in_current = |t: &Target| member_batch(dir, t) == Some(snap.current_batch);
+
+    // Work on the members of the current batch, and on stragglers of earlier batches
+    // (offline nodes waited for, swaps still in flight).
+    let pull_limit = usize::try_from(spec.pre_pull.parallelism)
+        .unwrap_or(1)
+        .max(1);
+    let mut pulling = states
+        .iter()
+        .filter(|s| **s == TargetState::Pulling)
+        .count();
+    let mut swapping = states
+        .iter()
+        .filter(|s| **s == TargetState::Swapping)
+        .count();
+    let batch_members = snap.targets.iter().filter(|t| in_current(t)).count();
+    let swap_limit = spec
+        .batches
+        .max_unavailable
+        .as_ref()
+        .map_or(usize::MAX, |m| {
+            usize::try_from(scaled(m, i64::try_from(batch_members).unwrap_or(0))).unwrap_or(1)
+        })
+        .max(1);
+
+    for (t, s) in snap.targets.iter().zip(&states) {
+        let ours = member_batch(dir, t).is_some() || t.prepull.is_some();
+        if !ours && *s != TargetState::Swapping {
+            continue;
+        }
+        step_target(
+            snap,
+            t,
+            s,
+            active,
+            &mut pulling,
+            pull_limit,
+            &mut swapping,
+            swap_limit,
+            &mut out,
+        );
+    }
+
+    // Batch bookkeeping.
+    let members: Vec<usize> = (0..snap.targets.len())
+        .filter(|&i| in_current(&snap.targets[i]))
+        .collect();
+    let unfinished = members
+        .iter()
+        .any(|&i| !states[i].is_terminal() && states[i] != TargetState::WaitingForNode);
+    let pending: Vec<usize> = (0..snap.targets.len())
+        .filter(|&i| states[i] == TargetState::Pending)
+        .collect();
+    let missing = snap.current_batch_size - i64::try_from(members.len()).unwrap_or(i64::MAX);
+
+    out.current_batch_size = i64::try_from(members.len()).unwrap_or(0);
+    for &i in &members {
+        let c = &mut out.current_batch_counts;
+        c.targets += 1;
+        match states[i] {
+            TargetState::Done => {
+                c.updated += 1;
+                c.ready += 1;
+            }
+            TargetState::Swapping => c.updated += 1,
+            TargetState::Failed => c.failed += 1,
+            TargetState::Skipped => c.skipped += 1,
+            _ => {}
+        }
+        if matches!(
+            states[i],
+            TargetState::Pulled | TargetState::Swapping | TargetState::Done
+        ) {
+            c.pre_pulled += 1;
+        }
+    }
+    if snap.current_batch > 0 && missing > 0 && !pending.is_empty() && !snap.stop {
+        // Restarted while choosing the members of the current batch: finish choosing, in the
+        // same order, so the batch is what it was meant to be.
+        let take = usize::try_from(missing).unwrap_or(0).min(pending.len());
+        for &i in &pending[..take] {
+            choose(dir, &snap.targets[i], snap.current_batch, &mut out);
+        }
+        out.current_batch_size += i64::try_from(take).unwrap_or(0);
+    } else if !unfinished {
+        out.current_batch_done = snap.current_batch > 0;
+        if active && !pending.is_empty() {
+            let next = snap.current_batch + 1;
+            let groups: Vec<&str> = pending
+                .iter()
+                .map(|&i| snap.targets[i].group.as_str())
+                .collect();
+            let take = take_batch(
+                &spec.batches,
+                &groups,
+                batch_size(&spec.batches, next, total),
+            );
+            for &i in &pending[..take] {
+                choose(dir, &snap.targets[i], next, &mut out);
+            }
+            out.current_batch = next;
+            out.current_batch_size = i64::try_from(take).unwrap_or(0);
+            out.started_batch = Some(next);
+        }
+    }
+
+    let remaining: Vec<&str> = pending
+        .iter()
+        .map(|&i| snap.targets[i].group.as_str())
+        .collect();
+    let after = if out.started_batch.is_some() {
+        // The batch just started is part of `remaining`'s head.
+        count_batches(&spec.batches, &remaining) - 1
+    } else {
+        count_batches(&spec.batches, &remaining)
+    };
+    out.total_batches = out.current_batch + after.max(0);
+    out.complete = states.iter().all(TargetState::is_terminal);
+    out
+}
+
+fn choose(dir: &Direction, t: &Target, batch: i32, out: &mut Plan) {
+    if let Some(pod) = &t.pod {
+        out.actions.push(Action::Choose {
+            pod: pod.name.clone(),
+            batch: dir.batch_key(batch),
+        });
+    }
+}
+
+/// The batch (of this direction) a target was chosen for.
+pub fn member_batch(dir: &Direction, t: &Target) -> Option<i32> {
+    if let Some(key) = t.pod.as_ref().and_then(|p| p.batch.as_deref()) {
+        return dir.batch_number(key);
+    }
+    t.prepull.as_ref().and_then(|p| dir.batch_number(&p.batch))
+}
+
+/// Where a target stands.
+pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
+    let dir = &snap.direction;
+    let spec = snap.spec;
+    let outcome = t
+        .pod
+        .as_ref()
+        .and_then(|p| p.outcome.as_ref())
+        .or(t.prepull.as_ref().and_then(|p| p.outcome.as_ref()));
+    if let Some(o) = outcome {
+        return match o.kind {
+            OutcomeKind::Failed => TargetState::Failed,
+            OutcomeKind::Skipped => TargetState::Skipped,
+        };
+    }
+    let swapped = t.prepull.as_ref().is_some_and(|p| p.swapped_at.is_some());
+    let Some(pod) = &t.pod else {
+        // No pod: either our swap is in flight, or the workload does not run here now.
+        return if swapped {
+            TargetState::Swapping
+        } else {
+            TargetState::Done
+        };
+    };
+    if pod.terminating {
+        return if swapped || member_batch(dir, t).is_some() {
+            TargetState::Swapping
+        } else {
+            TargetState::Pending
+        };
+    }
+    if pod.image == t.image {
+        let min_ready = SignedDuration::from_secs(spec.verify.min_ready_seconds);
+        let verified = pod
+            .ready_since
+            .is_some_and(|since| since + min_ready <= snap.now);
+        return if verified {
+            TargetState::Done
+        } else {
+            TargetState::Swapping
+        };
+    }
+    if member_batch(dir, t).is_none() {
+        return TargetState::Pending;
+    }
+    if swapped {
+        return TargetState::Swapping;
+    }
+    if !t.node_ready && spec.offline_nodes.action == OfflineNodeAction::Wait {
+        return TargetState::WaitingForNode;
+    }
+    match t.prepull.as_ref().map(|p| &p.state) {
+        None => TargetState::Chosen,
+        Some(PullState::Pulled) => TargetState::Pulled,
+        Some(_) => TargetState::Pulling,
+    }
+}
+
+/// Decides the next step of one target that is (or was) part of a batch.
+#[allow(clippy::too_many_arguments)]
+fn step_target(
+    snap: &Snapshot<'_>,
+    t: &Target,
+    state: &TargetState,
+    active: bool,
+    pulling: &mut usize,
+    pull_limit: usize,
+    swapping: &mut usize,
+    swap_limit: usize,
+    out: &mut Plan,
+) {
+    let spec = snap.spec;
+    let dir = &snap.direction;
+    let now = snap.now;
+    let batch = member_batch(dir, t)
+        .map(|n| dir.batch_key(n))
+        .unwrap_or_default();
+    match state {
+        TargetState::Done => {
+            // Verified: keep the membership on the new pod, drop the pre-pull pod.
+            if let (Some(pod), Some(pp)) = (&t.pod, &t.prepull)
+                && pp.outcome.is_none()
+            {
+                let interruption = match (pp.swapped_at, pod.ready_since) {
+                    (Some(gone), Some(ready)) => Some(ready.duration_since(gone)),
+                    _ => None,
+                };
+                out.actions.push(Action::Finish {
+                    pod: pod.name.clone(),
+                    batch,
+                    prepull: pp.name.clone(),
+                    interruption,
+                });
+            }
+        }
+        TargetState::Failed | TargetState::Skipped => {
+            // The outcome is recorded on the target pod: the pre-pull pod has no more use.
+            if let Some(pp) = &t.prepull
+                && pp.outcome.is_none()
+            {
+                out.actions.push(Action::DeletePrePull {
+                    name: pp.name.clone(),
+                });
+            }
+        }
+        TargetState::Pending => {}
+        TargetState::WaitingForNode => {
+            let limit = SignedDuration::from_secs(spec.offline_nodes.wait_seconds.unwrap_or(3600));
+            let chosen_at = t.pod.as_ref().and_then(|p| p.chosen_at);
+            if chosen_at.is_some_and(|at| at + limit <= now) {
+                let message = format!(
+                    "node {} stayed NotReady for offlineNodes.waitSeconds ({}s)",
+                    t.node,
+                    limit.as_secs()
+                );
+                fail(t, "NodeOffline", &message, out);
+            }
+        }
+        TargetState::Chosen => {
+            if snap.stop {
+                return;
+            }
+            if !t.node_ready {
+                // offlineNodes: Skip (Wait is its own state). Listed in status like a failure.
+                let outcome = Outcome {
+                    kind: OutcomeKind::Skipped,
+                    reason: "NodeOffline".into(),
+                    message: format!("node {} is NotReady: skipped", t.node),
+                };
+                if let Some(pod) = &t.pod {
+                    out.actions.push(Action::Record {
+                        pod: pod.name.clone(),
+                        outcome: outcome.clone(),
+                    });
+                }
+                out.failures.push((t.clone(), outcome));
+                return;
+            }
+            if !active {
+                return;
+            }
+            if !spec.pre_pull.enabled {
+                try_swap(t, None, swapping, swap_limit, out);
+            } else if *pulling < pull_limit {
+                *pulling += 1;
+                out.actions.push(Action::PrePull {
+                    node: t.node.clone(),
+                    image: t.image.clone(),
+                    batch,
+                    attempt: 1,
+                });
+            }
+        }
+        TargetState::Pulling => {
+            let Some(pp) = &t.prepull else { return };
+            let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
+            let failure = match &pp.state {
+                PullState::Failed { reason, message } => Some((reason.clone(), message.clone())),
+                PullState::Pulling if pp.created + timeout <= now => Some((
+                    "PullTimeout".to_string(),
+                    format!("image not pulled within {}s", spec.pre_pull.timeout_seconds),
+                )),
+                _ => None,
+            };
+            let Some((reason, message)) = failure else {
+                return;
+            };
+            if pp.attempt <= spec.pre_pull.retries && !snap.stop {
+                // A retry is a fresh pod: the kubelet's own back-off would hold the node's
+                // slot for minutes.
+                out.actions.push(Action::DeletePrePull {
+                    name: pp.name.clone(),
+                });
+                if active {
+                    out.actions.push(Action::PrePull {
+                        node: t.node.clone(),
+                        image: t.image.clone(),
+                        batch,
+                        attempt: pp.attempt + 1,
+                    });
+                }
+            } else {
+                fail(t, "PullFailed", &format!("{reason}: {message}"), out);
+            }
+        }
+        TargetState::Pulled => {
+            if active {
+                try_swap(t, t.prepull.as_ref(), swapping, swap_limit, out);
+            }
+        }
+        TargetState::Swapping => {
+            let pp = t.prepull.as_ref();
+            // The old pod may still be there if a delete was lost: ask again (idempotent).
+            if let (Some(pp), Some(pod)) = (pp, &t.pod)
+                && pp.swapped_at.is_some()
+                && pod.image != t.image
+                && !pod.terminating
+            {
+                out.actions.push(Action::Swap {
+                    node: t.node.clone(),
+                    pod: pod.name.clone(),
+                    pod_uid: pod.uid.clone(),
+                    prepull: Some(pp.name.clone()),
+                });
+                return;
+            }
+            // Verification clock: from our swap, else from the new pod's creation (a pod that
+            // reached the image without us, e.g. recreated after an eviction).
+            let since = pp.and_then(|p| p.swapped_at).or(t
+                .pod
+                .as_ref()
+                .filter(|p| p.image == t.image)
+                .map(|p| p.created));
+            let limit = SignedDuration::from_secs(spec.verify.ready_timeout_seconds);
+            if since.is_some_and(|at| at + limit <= now) {
+                let message = format!(
+                    "new pod not Ready within {}s of the swap",
+                    spec.verify.ready_timeout_seconds
+                );
+                fail(t, "NotReady", &message, out);
+            }
+        }
+    }
+}
+
+fn try_swap(
+    t: &Target,
+    prepull: Option<&PrePullView>,
+    swapping: &mut usize,
+    swap_limit: usize,
+    out: &mut Plan,
+) {
+    let Some(pod) = &t.pod else { return };
+    if *swapping >= swap_limit {
+        return;
+    }
+    *swapping += 1;
+    out.actions.push(Action::Swap {
+        node: t.node.clone(),
+        pod: pod.name.clone(),
+        pod_uid: pod.uid.clone(),
+        prepull: prepull.map(|p| p.name.clone()),
+    });
+}
+
+fn fail(t: &Target, reason: &str, message: &str, out: &mut Plan) {
+    let outcome = Outcome {
+        kind: OutcomeKind::Failed,
+        reason: reason.into(),
+        message: message.into(),
+    };
+    match (&t.pod, &t.prepull) {
+        (Some(pod), prepull) => {
+            out.actions.push(Action::Record {
+                pod: pod.name.clone(),
+                outcome: outcome.clone(),
+            });
+            if let Some(pp) = prepull {
+                out.actions.push(Action::DeletePrePull {
+                    name: pp.name.clone(),
+                });
+            }
+        }
+        // No pod left to carry the outcome: the pre-pull pod keeps it until the job ends.
+        (None, Some(pp)) => out.actions.push(Action::RecordOnPrePull {
+            prepull: pp.name.clone(),
+            outcome: outcome.clone(),
+        }),
+        (None, None) => {}
+    }
+    out.failures.push((t.clone(), outcome));
+}
+
+/// What the failure policy makes of an exceeded budget.
+pub fn budget_action(spec: &RolloutJobSpec) -> FailureAction {
+    spec.failure_policy.action
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgefleet_api::rollout::RolloutJobSpec;
+
+    const NEW: &str = "toll:2";
+    const OLD: &str = "toll:1";
+
+    fn spec(extra: serde_json::Value) -> RolloutJobSpec {
+        let mut base = serde_json::json!({
+            "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": "toll"}}},
+            "image": NEW,
+            "prePull": {"parallelism": 2, "retries": 1, "timeoutSeconds": 60},
+            "verify": {"readyTimeoutSeconds": 30, "minReadySeconds": 5},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn t0() -> Timestamp {
+        "2026-11-21T10:00:00Z".parse().unwrap()
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        t0() + SignedDuration::from_secs(secs)
+    }
+
+    fn pod(node: &str, image: &str) -> PodView {
+        PodView {
+            name: format!("toll-{node}"),
+            uid: format!("uid-{node}"),
+            image: image.into(),
+            created: t0(),
+            ready_since: Some(t0()),
+            batch: None,
+            chosen_at: None,
+            outcome: None,
+            terminating: false,
+        }
+    }
+
+    fn target(node: &str, group: &str) -> Target {
+        Target {
+            workload: "DaemonSet/toll".into(),
+            node: node.into(),
+            image: NEW.into(),
+            group: group.into(),
+            node_ready: true,
+            pod: Some(pod(node, OLD)),
+            prepull: None,
+        }
+    }
+
+    fn chosen(mut t: Target, batch: i32) -> Target {
+        if let Some(p) = t.pod.as_mut() {
+            p.batch = Some(batch.to_string());
+            p.chosen_at = Some(t0());
+        }
+        t
+    }
+
+    fn with_prepull(mut t: Target, state: PullState, attempt: i32) -> Target {
+        t.prepull = Some(PrePullView {
+            name: format!("pp-{}-{attempt}", t.node),
+            batch: member_batch(&Direction::FORWARD, &t)
+                .unwrap_or(1)
+                .to_string(),
+            attempt,
+            created: t0(),
+            state,
+            swapped_at: None,
+            outcome: None,
+        });
+        t
+    }
+
+    fn snapshot<'a>(
+        spec: &'a RolloutJobSpec,
+        targets: Vec<Target>,
+        batch: i32,
+        size: i64,
+        now: Timestamp,
+    ) -> Snapshot<'a> {
+        let mut targets = targets;
+        order_targets(&mut targets);
+        Snapshot {
+            spec,
+            direction: Direction::FORWARD,
+            targets,
+            current_batch: batch,
+            current_batch_size: size,
+            hold: false,
+            stop: false,
+            now,
+        }
+    }
+
+    fn nodes(n: usize) -> Vec<Target> {
+        (0..n)
+            .map(|i| target(&format!("edge-{i:02}"), ""))
+            .collect()
+    }
+
+    fn kinds(plan: &Plan) -> Vec<&'static str> {
+        plan.actions
+            .iter()
+            .map(|a| match a {
+                Action::Choose { .. } => "choose",
+                Action::PrePull { .. } => "prepull",
+                Action::Swap { .. } => "swap",
+                Action::Record { .. } => "record",
+                Action::RecordOnPrePull { .. } => "record-pp",
+                Action::Finish { .. } => "finish",
+                Action::DeletePrePull { .. } => "delete-pp",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sizes_counts_and_percentages() {
+        assert_eq!(scaled(&IntOrString::String("10%".into()), 2000), 200);
+        assert_eq!(
+            scaled(&IntOrString::String("10%".into()), 5),
+            1,
+            "rounds up, at least one"
+        );
+        assert_eq!(scaled(&IntOrString::Int(7), 5), 7);
+        assert_eq!(
+            tolerance(&IntOrString::String("2%".into()), 120),
+            2,
+            "rounds down"
+        );
+        assert_eq!(tolerance(&IntOrString::Int(0), 120), 0);
+    }
+
+    #[test]
+    fn a_fresh_job_chooses_its_first_batch_in_order() {
+        let spec = spec(serde_json::json!({"batches": {"size": 3}}));
+        let plan = plan(&snapshot(&spec, nodes(10), 0, 0, t0()));
+        assert_eq!(plan.started_batch, Some(1));
+        assert_eq!(plan.total_batches, 4);
+        let chosen: Vec<_> = plan
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Choose { pod, batch } => (pod.as_str(), batch.as_str()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                ("toll-edge-00", "1"),
+                ("toll-edge-01", "1"),
+                ("toll-edge-02", "1")
+            ]
+        );
+    }
+
+    #[test]
+    fn pulls_respect_parallelism() {
+        let spec = spec(serde_json::json!({"batches": {"size": 3}}));
+        let targets: Vec<_> = nodes(10)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if i < 3 { chosen(t, 1) } else { t })
+            .collect();
+        let plan = plan(&snapshot(&spec, targets, 1, 3, t0()));
+        assert_eq!(kinds(&plan), ["prepull", "prepull"], "parallelism 2");
+        assert_eq!(plan.started_batch, None);
+    }
+
+    #[test]
+    fn only_a_pulled_node_is_swapped() {
+        let spec = spec(serde_json::json!({"batches": {"size": 2}}));
+        let failed = PullState::Failed {
+            reason: "ErrImagePull".into(),
+            message: "not found".into(),
+        };
+        let targets = vec![
+            with_prepull(chosen(target("a", ""), 1), PullState::Pulled, 1),
+            with_prepull(chosen(target("b", ""), 1), failed.clone(), 2),
+        ];
+        let plan = plan(&snapshot(&spec, targets, 1, 2, t0()));
+        let swapped: Vec<_> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Swap { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(swapped, ["a"], "never swap a node whose pull failed");
+        // b used its one retry: it is failed and its pre-pull pod goes.
+        assert!(plan.actions.contains(&Action::Record {
+            pod: "toll-b".into(),
+            outcome: Outcome {
+                kind: OutcomeKind::Failed,
+                reason: "PullFailed".into(),
+                message: "ErrImagePull: not found".into()
+            },
+        }));
+        assert!(plan.actions.contains(&Action::DeletePrePull {
+            name: "pp-b-2".into()
+        }));
+        assert_eq!(plan.failures.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_pull_is_retried_as_a_fresh_pod_and_a_stuck_one_times_out() {
+        let spec = spec(serde_json::json!({"batches": {"size": 2}}));
+        let failed = PullState::Failed {
+            reason: "ImagePullBackOff".into(),
+            message: String::new(),
+        };
+        let targets = vec![
+            with_prepull(chosen(target("a", ""), 1), failed, 1),
+            with_prepull(chosen(target("b", ""), 1), PullState::Pulling, 1),
+        ];
+        let plan = plan(&snapshot(&spec, targets, 1, 2, at(61)));
+        assert_eq!(
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, Action::PrePull { attempt: 2, .. }))
+                .count(),
+            2,
+            "both retried: a failed, b timed out after 60s: {:?}",
+            plan.actions
+        );
+    }
+
+    #[test]
+    fn a_swap_is_verified_after_min_ready_and_its_interruption_measured() {
+        let spec = spec(serde_json::json!({"batches": {"size": 1}}));
+        let mut t = with_prepull(chosen(target("a", ""), 1), PullState::Pulled, 1);
+        t.prepull.as_mut().unwrap().swapped_at = Some(at(100));
+        let mut new_pod = pod("a", NEW);
+        new_pod.name = "toll-a-new".into();
+        new_pod.ready_since = Some(at(103));
+        t.pod = Some(new_pod);
+        // minReadySeconds 5: not yet at 106...
+        let early = plan(&snapshot(
+            &spec,
+            vec![t.clone(), target("b", "")],
+            1,
+            1,
+            at(106),
+        ));
+        assert!(early.actions.is_empty(), "{:?}", early.actions);
+        // ... done at 108: finish, and the next batch starts.
+        let done = plan(&snapshot(&spec, vec![t, target("b", "")], 1, 1, at(108)));
+        assert!(done.actions.contains(&Action::Finish {
+            pod: "toll-a-new".into(),
+            batch: "1".into(),
+            prepull: "pp-a-1".into(),
+            interruption: Some(SignedDuration::from_secs(3)),
+        }));
+        assert_eq!(done.started_batch, Some(2));
+    }
+
+    #[test]
+    fn a_new_pod_never_ready_fails_the_target() {
+        let spec = spec(serde_json::json!({"batches": {"size": 1}}));
+        let mut t = with_prepull(chosen(target("a", ""), 1), PullState::Pulled, 1);
+        t.prepull.as_mut().unwrap().swapped_at = Some(at(0));
+        let mut new_pod = pod("a", NEW);
+        new_pod.ready_since = None;
+        t.pod = Some(new_pod);
+        let plan = plan(&snapshot(&spec, vec![t], 1, 1, at(31)));
+        assert!(
+            plan.actions.iter().any(
+                |a| matches!(a, Action::Record { outcome, .. } if outcome.reason == "NotReady")
+            )
+        );
+    }
+
+    #[test]
+    fn an_exceeded_budget_starts_nothing_new() {
+        let spec =
+            spec(serde_json::json!({"batches": {"size": 2}, "failurePolicy": {"tolerance": 0}}));
+        let mut failed = chosen(target("a", ""), 1);
+        failed.pod.as_mut().unwrap().outcome = Some(Outcome {
+            kind: OutcomeKind::Failed,
+            reason: "PullFailed".into(),
+            message: String::new(),
+        });
+        let targets = vec![
+            failed,
+            with_prepull(chosen(target("b", ""), 1), PullState::Pulled, 1),
+            target("c", ""),
+        ];
+        let plan = plan(&snapshot(&spec, targets, 1, 2, t0()));
+        assert!(plan.budget_exceeded);
+        assert_eq!(kinds(&plan), Vec::<&str>::new(), "no swap, no new batch");
+    }
+
+    #[test]
+    fn group_by_never_splits_a_group() {
+        let spec = spec(serde_json::json!({"batches": {"size": 3, "groupBy": "station"}}));
+        let targets = vec![
+            target("a1", "s1"),
+            target("a2", "s1"),
+            target("b1", "s2"),
+            target("b2", "s2"),
+            target("c1", "s3"),
+        ];
+        let p = plan(&snapshot(&spec, targets, 0, 0, t0()));
+        assert_eq!(
+            kinds(&p),
+            ["choose", "choose"],
+            "s1 only: s1+s2 would be 4 > 3"
+        );
+        assert_eq!(p.total_batches, 2, "[s1], [s2 s3]");
+        let big = spec_with_size(1);
+        let targets = vec![target("a1", "s1"), target("a2", "s1"), target("b1", "s2")];
+        let p = plan(&snapshot(&big, targets, 0, 0, t0()));
+        assert_eq!(
+            kinds(&p),
+            ["choose", "choose"],
+            "a group larger than the batch stays whole"
+        );
+    }
+
+    fn spec_with_size(n: i32) -> RolloutJobSpec {
+        spec(serde_json::json!({"batches": {"size": n, "groupBy": "station"}}))
+    }
+
+    #[test]
+    fn offline_nodes_are_skipped_or_waited_for() {
+        let skip = spec(serde_json::json!({"batches": {"size": 1}}));
+        let mut t = chosen(target("a", ""), 1);
+        t.node_ready = false;
+        let p = plan(&snapshot(&skip, vec![t.clone()], 1, 1, t0()));
+        assert!(
+            matches!(&p.actions[..], [Action::Record { outcome, .. }] if outcome.kind == OutcomeKind::Skipped)
+        );
+
+        let wait = spec(
+            serde_json::json!({"batches": {"size": 1}, "offlineNodes": {"action": "Wait", "waitSeconds": 60}}),
+        );
+        let p = plan(&snapshot(
+            &wait,
+            vec![t.clone(), target("b", "")],
+            1,
+            1,
+            at(10),
+        ));
+        assert_eq!(
+            kinds(&p),
+            ["choose"],
+            "waiting does not hold the next batch back"
+        );
+        assert!(!p.complete);
+        let p = plan(&snapshot(&wait, vec![t], 1, 1, at(61)));
+        assert!(
+            matches!(&p.actions[..], [Action::Record { outcome, .. }] if outcome.reason == "NodeOffline")
+        );
+    }
+
+    #[test]
+    fn a_restart_mid_choice_completes_the_same_batch() {
+        let spec = spec(serde_json::json!({"batches": {"size": 3}}));
+        let targets: Vec<_> = nodes(6)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if i == 0 { chosen(t, 1) } else { t })
+            .collect();
+        let p = plan(&snapshot(&spec, targets, 1, 3, t0()));
+        let chosen: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Choose { pod, batch } => Some((pod.as_str(), batch.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chosen, [("toll-edge-01", "1"), ("toll-edge-02", "1")]);
+        assert_eq!(p.started_batch, None);
+    }
+
+    #[test]
+    fn paused_finishes_work_in_flight_but_starts_nothing() {
+        let spec = spec(serde_json::json!({"batches": {"size": 2}}));
+        let mut done = with_prepull(chosen(target("a", ""), 1), PullState::Pulled, 1);
+        done.prepull.as_mut().unwrap().swapped_at = Some(t0());
+        done.pod = Some(pod("a", NEW));
+        let pulled = with_prepull(chosen(target("b", ""), 1), PullState::Pulled, 1);
+        let mut snap = snapshot(&spec, vec![done, pulled, target("c", "")], 1, 2, at(60));
+        snap.hold = true;
+        let p = plan(&snap);
+        assert_eq!(kinds(&p), ["finish"]);
+    }
+
+    #[test]
+    fn done_when_every_target_is_terminal() {
+        let spec = spec(serde_json::json!({}));
+        let mut skipped = target("b", "");
+        skipped.pod.as_mut().unwrap().outcome = Some(Outcome {
+            kind: OutcomeKind::Skipped,
+            reason: "NodeOffline".into(),
+            message: String::new(),
+        });
+        let mut t = target("a", "");
+        t.pod = Some(pod("a", NEW));
+        let p = plan(&snapshot(&spec, vec![t, skipped], 1, 1, at(60)));
+        assert!(p.complete);
+        assert_eq!((p.counts.updated, p.counts.skipped), (1, 1));
+    }
+
+    #[test]
+    fn without_prepull_the_swap_is_immediate() {
+        let spec = spec(serde_json::json!({"batches": {"size": 2}, "prePull": {"enabled": false}}));
+        let targets = vec![chosen(target("a", ""), 1), chosen(target("b", ""), 1)];
+        let p = plan(&snapshot(&spec, targets, 1, 2, t0()));
+        assert_eq!(kinds(&p), ["swap", "swap"]);
+    }
+}

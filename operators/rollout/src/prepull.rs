@@ -1,0 +1,337 @@
+//! Pre-pull pods: a short-lived pod pinned to one node whose only purpose is to make the
+//! kubelet pull the new image there before the real pod is swapped.
+//!
+//! Nothing in the image is run on purpose: the container's command is a path no image has, so
+//! on a real kubelet the container fails to start *after* its image is pulled (`StartError`).
+//! Success is therefore read from the kubelet's report — an `imageID`, or a container past the
+//! pulling stage — never from an exit code, and no `/bin/true` is assumed in the image.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerStatus, LocalObjectReference, Pod, PodSecurityContext,
+    PodSpec, SeccompProfile, SecurityContext, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use std::collections::BTreeMap;
+
+use edgefleet_api::rollout::keys;
+
+/// Name of the one container of a pre-pull pod.
+pub const CONTAINER: &str = "prepull";
+/// A command no image has: the container never runs the image's code.
+pub const NEVER_RUNS: &str = "/.edgefleet-prepull-does-not-run";
+
+/// What to pull, where, and on whose behalf.
+#[derive(Clone, Debug)]
+pub struct PrePullRequest<'a> {
+    pub job_name: &'a str,
+    pub job_uid: &'a str,
+    pub namespace: &'a str,
+    pub node: &'a str,
+    pub image: &'a str,
+    /// Batch key, e.g. `3` or `rb-2` for a rollback batch.
+    pub batch: &'a str,
+    /// 1-based attempt; a retry is a new pod with the next attempt number.
+    pub attempt: i32,
+    pub timeout_seconds: i64,
+    pub pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// The pod name for a (job, node, attempt): deterministic, so a create after a restart finds the
+/// pod that already exists instead of starting a second pull.
+pub fn pod_name(job_name: &str, node: &str, attempt: i32) -> String {
+    let job: String = job_name.chars().take(40).collect();
+    format!(
+        "{}-pp-{:010x}-{attempt}",
+        job.trim_end_matches('-'),
+        fnv1a(node)
+    )
+}
+
+/// The pre-pull pod for one node.
+pub fn build_pod(req: &PrePullRequest<'_>) -> Pod {
+    let labels = BTreeMap::from([
+        (keys::PREPULL_LABEL.to_string(), "true".to_string()),
+        (keys::JOB_UID_LABEL.to_string(), req.job_uid.to_string()),
+        (keys::BATCH_LABEL.to_string(), req.batch.to_string()),
+    ]);
+    let annotations = BTreeMap::from([
+        (keys::NODE_ANNOTATION.to_string(), req.node.to_string()),
+        (
+            keys::ATTEMPT_ANNOTATION.to_string(),
+            req.attempt.to_string(),
+        ),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(req.job_name, req.node, req.attempt)),
+            namespace: Some(req.namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            // Garbage collection removes the pod when the job goes, even if the operator is down.
+            owner_references: Some(vec![OwnerReference {
+                api_version: "edgefleet.io/v1alpha1".into(),
+                kind: "RolloutJob".into(),
+                name: req.job_name.into(),
+                uid: req.job_uid.into(),
+                controller: Some(true),
+                block_owner_deletion: Some(false),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(req.node.to_string()),
+            restart_policy: Some("Never".into()),
+            // The kubelet gives up on the pull itself too, so a stuck pull ends even while the
+            // operator is away.
+            active_deadline_seconds: Some(req.timeout_seconds),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(0),
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }]),
+            image_pull_secrets: (!req.pull_secrets.is_empty()).then(|| req.pull_secrets.clone()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: CONTAINER.into(),
+                image: Some(req.image.to_string()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(vec![NEVER_RUNS.into()]),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Capabilities::default()
+                    }),
+                    ..SecurityContext::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Where a pre-pull stands, as the kubelet reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PullState {
+    /// Not bound yet, or the image is still being pulled.
+    Pulling,
+    /// The image is on the node.
+    Pulled,
+    /// The pull failed; `reason` is the kubelet's (`ErrImagePull`, `ImagePullBackOff`, ...).
+    Failed { reason: String, message: String },
+}
+
+/// Kubelet waiting reasons that mean the image could not be pulled.
+const PULL_FAILURES: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RegistryUnavailable",
+    "SignatureValidationFailed",
+];
+
+/// Reads the pull's outcome from a pre-pull pod's status.
+pub fn pull_state(pod: &Pod) -> PullState {
+    let status = pod.status.as_ref();
+    let container = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
+    if let Some(state) = container.and_then(container_pull_state) {
+        return state;
+    }
+    // The pod's deadline passed before the image arrived: the kubelet killed it.
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Failed") => PullState::Failed {
+            reason: status
+                .and_then(|s| s.reason.clone())
+                .unwrap_or_else(|| "PodFailed".into()),
+            message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
+        },
+        _ => PullState::Pulling,
+    }
+}
+
+fn container_pull_state(c: &ContainerStatus) -> Option<PullState> {
+    // The kubelet fills imageID once the image is on the node.
+    if !c.image_id.is_empty() {
+        return Some(PullState::Pulled);
+    }
+    let state = c.state.as_ref()?;
+    if state.running.is_some() || state.terminated.is_some() {
+        return Some(PullState::Pulled);
+    }
+    let waiting = state.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref().unwrap_or_default();
+    if PULL_FAILURES.contains(&reason) {
+        return Some(PullState::Failed {
+            reason: reason.to_string(),
+            message: waiting.message.clone().unwrap_or_default(),
+        });
+    }
+    // Past the pull, the container could not be created or started: the image is there.
+    if matches!(
+        reason,
+        "CreateContainerError" | "CreateContainerConfigError" | "RunContainerError" | "StartError"
+    ) {
+        return Some(PullState::Pulled);
+    }
+    None
+}
+
+/// FNV-1a: a stable short hash for names (not for security).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }) & 0xff_ffff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod_with(container_status: serde_json::Value, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": phase, "containerStatuses": [container_status]}
+        }))
+        .unwrap()
+    }
+
+    fn status(state: serde_json::Value, image_id: &str) -> serde_json::Value {
+        json!({"name": CONTAINER, "image": "i", "imageID": image_id, "ready": false,
+               "restartCount": 0, "state": state})
+    }
+
+    #[test]
+    fn reads_the_kubelets_pull_report() {
+        let cases = [
+            (
+                status(json!({"waiting": {"reason": "ContainerCreating"}}), ""),
+                "Pending",
+                PullState::Pulling,
+            ),
+            (
+                status(json!({"running": {}}), "docker-pullable://i@sha256:1"),
+                "Running",
+                PullState::Pulled,
+            ),
+            (
+                status(
+                    json!({"terminated": {"exitCode": 128, "reason": "StartError"}}),
+                    "",
+                ),
+                "Failed",
+                PullState::Pulled,
+            ),
+            (
+                status(json!({"waiting": {"reason": "RunContainerError"}}), ""),
+                "Pending",
+                PullState::Pulled,
+            ),
+            (
+                status(
+                    json!({"waiting": {"reason": "CreateContainerConfigError"}}),
+                    "",
+                ),
+                "Pending",
+                PullState::Pulled,
+            ),
+            (
+                status(
+                    json!({"waiting": {"reason": "ErrImagePull", "message": "not found"}}),
+                    "",
+                ),
+                "Pending",
+                PullState::Failed {
+                    reason: "ErrImagePull".into(),
+                    message: "not found".into(),
+                },
+            ),
+            (
+                status(
+                    json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}),
+                    "",
+                ),
+                "Pending",
+                PullState::Failed {
+                    reason: "ImagePullBackOff".into(),
+                    message: "Back-off pulling image".into(),
+                },
+            ),
+        ];
+        for (cs, phase, want) in cases {
+            assert_eq!(pull_state(&pod_with(cs.clone(), phase)), want, "{cs}");
+        }
+    }
+
+    #[test]
+    fn an_unbound_pod_is_pulling_and_a_deadline_kill_is_a_failure() {
+        let unbound: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        assert_eq!(pull_state(&unbound), PullState::Pulling);
+        let killed: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": "too slow"}
+        }))
+        .unwrap();
+        assert_eq!(
+            pull_state(&killed),
+            PullState::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: "too slow".into()
+            }
+        );
+    }
+
+    #[test]
+    fn pod_is_pinned_harmless_and_owned() {
+        let pod = build_pod(&PrePullRequest {
+            job_name: "toll-2",
+            job_uid: "u-1",
+            namespace: "ns",
+            node: "edge-0001",
+            image: "registry.example/toll:2",
+            batch: "1",
+            attempt: 1,
+            timeout_seconds: 600,
+            pull_secrets: vec![],
+        });
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("edge-0001"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(
+            spec.tolerations.unwrap()[0].operator.as_deref(),
+            Some("Exists")
+        );
+        assert!(spec.containers[0].resources.is_none(), "requests nothing");
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        let owner = &pod.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("RolloutJob", "u-1")
+        );
+    }
+
+    #[test]
+    fn names_are_stable_short_and_per_attempt() {
+        let a = pod_name("toll-2", "edge-0001", 1);
+        assert_eq!(a, pod_name("toll-2", "edge-0001", 1));
+        assert_ne!(a, pod_name("toll-2", "edge-0002", 1));
+        assert_ne!(a, pod_name("toll-2", "edge-0001", 2));
+        assert!(pod_name(&"x".repeat(300), "n", 1).len() <= 63);
+    }
+}

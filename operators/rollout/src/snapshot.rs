@@ -1,0 +1,363 @@
+//! Read step: turn the cached pods and nodes into the plan's [`Target`]s. Pure functions over
+//! objects, so they are tested without a cluster; the caches themselves live in the controller.
+
+use edgefleet_api::rollout::{RolloutJob, keys};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::plan::{Direction, Outcome, OutcomeKind, PodView, PrePullView, Target};
+use crate::prepull;
+
+/// The container a job updates in a pod template: the named one, or the only one.
+pub fn target_container(
+    containers: &[k8s_openapi::api::core::v1::Container],
+    wanted: Option<&str>,
+) -> Result<String, String> {
+    match wanted {
+        Some(name) if containers.iter().any(|c| c.name == name) => Ok(name.to_string()),
+        Some(name) => Err(format!("has no container named {name:?}")),
+        None if containers.len() == 1 => Ok(containers[0].name.clone()),
+        None => Err(format!(
+            "has {} containers: set spec.target.container",
+            containers.len()
+        )),
+    }
+}
+
+/// The image of `container` in a pod template or pod spec.
+pub fn container_image(
+    containers: &[k8s_openapi::api::core::v1::Container],
+    container: &str,
+) -> Option<String> {
+    containers
+        .iter()
+        .find(|c| c.name == container)
+        .and_then(|c| c.image.clone())
+}
+
+/// Is the node Ready?
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Does the node carry every label of `selector`?
+pub fn node_matches(node: &Node, selector: Option<&BTreeMap<String, String>>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let labels = node.labels();
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Parses `<uid>/<rest>` annotations of this job; other jobs' values are ignored.
+fn ours<'a>(value: Option<&'a String>, job_uid: &str) -> Option<&'a str> {
+    value?.strip_prefix(job_uid)?.strip_prefix('/')
+}
+
+/// `TARGET_BATCH_ANNOTATION` value: `<uid>/<batch key>@<RFC 3339>`.
+pub fn batch_annotation(job_uid: &str, batch: &str, at: Timestamp) -> String {
+    format!("{job_uid}/{batch}@{at}")
+}
+
+/// `TARGET_OUTCOME_ANNOTATION` value: `<uid>/<direction prefix><Failed|Skipped>/<Reason>:
+/// <message>` — a forward failure does not count against a rollback.
+pub fn outcome_annotation(job_uid: &str, dir: &Direction, outcome: &Outcome) -> String {
+    let kind = match outcome.kind {
+        OutcomeKind::Failed => "Failed",
+        OutcomeKind::Skipped => "Skipped",
+    };
+    format!(
+        "{job_uid}/{}{kind}/{}: {}",
+        dir.batch_prefix, outcome.reason, outcome.message
+    )
+}
+
+fn parse_outcome(value: &str, dir: &Direction) -> Option<Outcome> {
+    let value = value.strip_prefix(dir.batch_prefix)?;
+    // A forward outcome must not read as one of the rollback's `rb-` outcomes' prefix.
+    if dir.batch_prefix.is_empty() && value.starts_with("rb-") {
+        return None;
+    }
+    let (kind, rest) = value.split_once('/')?;
+    let kind = match kind {
+        "Failed" => OutcomeKind::Failed,
+        "Skipped" => OutcomeKind::Skipped,
+        _ => return None,
+    };
+    let (reason, message) = rest.split_once(": ").unwrap_or((rest, ""));
+    Some(Outcome {
+        kind,
+        reason: reason.to_string(),
+        message: message.to_string(),
+    })
+}
+
+fn time_of(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<Timestamp> {
+    t.map(|t| t.0)
+}
+
+/// A workload pod as the plan sees it.
+pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> PodView {
+    let annotations = pod.annotations();
+    let (batch, chosen_at) = match ours(annotations.get(keys::TARGET_BATCH_ANNOTATION), job_uid) {
+        Some(v) => {
+            let (key, at) = v.split_once('@').unwrap_or((v, ""));
+            (Some(key.to_string()), at.parse::<Timestamp>().ok())
+        }
+        None => (None, None),
+    };
+    let ready_since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .map(|c| time_of(c.last_transition_time.as_ref()).unwrap_or_default());
+    PodView {
+        name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+        image: pod
+            .spec
+            .as_ref()
+            .and_then(|s| container_image(&s.containers, container))
+            .unwrap_or_default(),
+        created: time_of(pod.metadata.creation_timestamp.as_ref()).unwrap_or_default(),
+        ready_since,
+        batch,
+        chosen_at,
+        outcome: ours(annotations.get(keys::TARGET_OUTCOME_ANNOTATION), job_uid)
+            .and_then(|v| parse_outcome(v, dir)),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// A pre-pull pod as the plan sees it.
+pub fn prepull_view(pod: &Pod, job_uid: &str, dir: &Direction) -> PrePullView {
+    let annotations = pod.annotations();
+    PrePullView {
+        name: pod.name_any(),
+        batch: pod
+            .labels()
+            .get(keys::BATCH_LABEL)
+            .cloned()
+            .unwrap_or_default(),
+        attempt: annotations
+            .get(keys::ATTEMPT_ANNOTATION)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1),
+        created: time_of(pod.metadata.creation_timestamp.as_ref()).unwrap_or_default(),
+        state: prepull::pull_state(pod),
+        swapped_at: annotations
+            .get(keys::SWAPPED_AT_ANNOTATION)
+            .and_then(|t| t.parse().ok()),
+        outcome: ours(annotations.get(keys::TARGET_OUTCOME_ANNOTATION), job_uid)
+            .and_then(|v| parse_outcome(v, dir)),
+    }
+}
+
+/// The job's pre-pull pods by node (the newest attempt per node), and those of the other
+/// direction (to clean up).
+pub fn prepull_pods<'a>(
+    pods: &'a [Arc<Pod>],
+    job: &RolloutJob,
+    direction: &Direction,
+) -> (HashMap<String, &'a Pod>, Vec<&'a Pod>) {
+    let uid = job.uid().unwrap_or_default();
+    let mut by_node: HashMap<String, &Pod> = HashMap::new();
+    let mut other = Vec::new();
+    for pod in pods {
+        let labels = pod.labels();
+        if labels.get(keys::JOB_UID_LABEL) != Some(&uid) || pod.namespace() != job.namespace() {
+            continue;
+        }
+        let batch = labels
+            .get(keys::BATCH_LABEL)
+            .map(String::as_str)
+            .unwrap_or("");
+        if direction.batch_number(batch).is_none() {
+            other.push(pod.as_ref());
+            continue;
+        }
+        let Some(node) = pod.annotations().get(keys::NODE_ANNOTATION).cloned() else {
+            continue;
+        };
+        let attempt = |p: &Pod| -> i32 {
+            p.annotations()
+                .get(keys::ATTEMPT_ANNOTATION)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1)
+        };
+        match by_node.get(&node) {
+            Some(existing) if attempt(existing) >= attempt(pod) => other.push(pod.as_ref()),
+            Some(existing) => {
+                other.push(existing);
+                by_node.insert(node, pod.as_ref());
+            }
+            None => {
+                by_node.insert(node, pod.as_ref());
+            }
+        }
+    }
+    (by_node, other)
+}
+
+/// The node a DaemonSet pod is for: where it is bound, or — not scheduled yet, e.g. its node
+/// is NotReady — the node the DaemonSet controller pinned it to by affinity.
+pub fn intended_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    if let Some(node) = &spec.node_name {
+        return Some(node.clone());
+    }
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|f| f.key == "metadata.name" && f.operator == "In")
+        .and_then(|f| f.values.as_ref()?.first().cloned())
+}
+
+/// The targets of one DaemonSet: one per node its pods run on (or our swap is in flight on),
+/// each to end on `image`.
+#[allow(clippy::too_many_arguments)]
+pub fn daemonset_targets(
+    ds: &DaemonSet,
+    container: &str,
+    image: &str,
+    dir: &Direction,
+    job: &RolloutJob,
+    pods: &[Arc<Pod>],
+    nodes: &HashMap<String, Arc<Node>>,
+    prepulls: &HashMap<String, &Pod>,
+) -> Vec<Target> {
+    let uid = job.uid().unwrap_or_default();
+    let ds_uid = ds.uid().unwrap_or_default();
+    let workload = format!("DaemonSet/{}", ds.name_any());
+    let group_by = job.spec.batches.group_by.as_deref();
+    let node_selector = job.spec.node_selector.as_ref();
+
+    // The workload's pod per node: a live one over a terminating one.
+    let mut by_node: BTreeMap<String, &Pod> = BTreeMap::new();
+    for pod in pods {
+        let owned = pod
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == ds_uid && o.controller == Some(true));
+        let Some(node) = pod.spec.as_ref().and_then(intended_node) else {
+            continue;
+        };
+        if !owned {
+            continue;
+        }
+        let better = match by_node.get(&node) {
+            None => true,
+            Some(existing) => {
+                existing.metadata.deletion_timestamp.is_some()
+                    && pod.metadata.deletion_timestamp.is_none()
+            }
+        };
+        if better {
+            by_node.insert(node, pod.as_ref());
+        }
+    }
+    // A node where our swap is in flight has a pre-pull pod but maybe no workload pod.
+    let mut node_names: Vec<&String> = by_node.keys().collect();
+    for node in prepulls.keys() {
+        if !by_node.contains_key(node) {
+            node_names.push(node);
+        }
+    }
+
+    let mut targets = Vec::new();
+    for node_name in node_names {
+        let node = nodes.get(node_name);
+        if let Some(node) = node
+            && !node_matches(node, node_selector)
+        {
+            continue;
+        }
+        let pod = by_node
+            .get(node_name)
+            .map(|p| pod_view(p, container, &uid, dir));
+        let prepull = prepulls.get(node_name).map(|p| prepull_view(p, &uid, dir));
+        if pod.is_none() && prepull.as_ref().is_none_or(|p| p.swapped_at.is_none()) {
+            continue;
+        }
+        targets.push(Target {
+            workload: workload.clone(),
+            node: node_name.clone(),
+            image: image.to_string(),
+            group: group_by
+                .and_then(|key| node.and_then(|n| n.labels().get(key).cloned()))
+                .unwrap_or_default(),
+            node_ready: node.is_some_and(|n| node_ready(n)),
+            pod,
+            prepull,
+        });
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip_and_other_jobs_are_ignored() {
+        let o = Outcome {
+            kind: OutcomeKind::Failed,
+            reason: "PullFailed".into(),
+            message: "ErrImagePull: not found".into(),
+        };
+        let v = outcome_annotation("u1", &Direction::FORWARD, &o);
+        let read = |dir| ours(Some(&v), "u1").and_then(|v| parse_outcome(v, dir));
+        assert_eq!(read(&Direction::FORWARD), Some(o.clone()));
+        assert_eq!(
+            read(&Direction::ROLLBACK),
+            None,
+            "a forward failure is not a rollback's"
+        );
+        assert_eq!(ours(Some(&v), "u2"), None);
+        let rb = outcome_annotation("u1", &Direction::ROLLBACK, &o);
+        let read_rb = |dir| ours(Some(&rb), "u1").and_then(|v| parse_outcome(v, dir));
+        assert_eq!(read_rb(&Direction::ROLLBACK), Some(o));
+        assert_eq!(read_rb(&Direction::FORWARD), None);
+    }
+
+    #[test]
+    fn an_unscheduled_daemonset_pod_belongs_to_its_pinned_node() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": ["edge-0059"]}
+                ]}]
+            }}}
+        }))
+        .unwrap();
+        assert_eq!(intended_node(&spec).as_deref(), Some("edge-0059"));
+    }
+
+    #[test]
+    fn container_is_the_named_or_the_only_one() {
+        let c = |n: &str| k8s_openapi::api::core::v1::Container {
+            name: n.into(),
+            ..Default::default()
+        };
+        assert_eq!(target_container(&[c("a")], None).unwrap(), "a");
+        assert!(target_container(&[c("a"), c("b")], None).is_err());
+        assert_eq!(target_container(&[c("a"), c("b")], Some("b")).unwrap(), "b");
+        assert!(target_container(&[c("a")], Some("x")).is_err());
+    }
+}
