@@ -695,3 +695,45 @@ impl Drop for NodeGuard {
             .status();
     }
 }
+
+#[tokio::test]
+async fn explicit_steps_pause_until_approved() {
+    let bed = bed("steps").await;
+    daemonset(&bed, "toll", (STATION, "station-4")).await;
+    create_job(
+        &bed,
+        "canary",
+        "toll",
+        NEW,
+        serde_json::json!({
+            "batches": {"steps": [{"size": 2, "pause": {}}, {"size": "100%"}]},
+        }),
+    )
+    .await;
+    let job = wait_phase(&bed, "canary", RolloutPhase::Paused, 90).await;
+    let status = job.status.unwrap();
+    let paused = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused")
+        .unwrap();
+    assert_eq!(paused.reason, "StepPause");
+    assert!(
+        paused.message.contains("spec.approvedBatch to 1"),
+        "{}",
+        paused.message
+    );
+    assert_eq!((status.current_batch, status.counts.updated), (1, 2));
+    // Held: nothing more moves until approved.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let updated = pods_by_node(&bed, "toll")
+        .await
+        .values()
+        .filter(|p| image_of(p) == NEW)
+        .count();
+    assert_eq!(updated, 2);
+
+    patch_job(&bed, "canary", serde_json::json!({"approvedBatch": 1})).await;
+    let job = wait_phase(&bed, "canary", RolloutPhase::Completed, 120).await;
+    assert_eq!(job.status.unwrap().counts.updated, 10);
+}

@@ -157,6 +157,13 @@ pub struct RolloutJobSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
 
+    /// Releases step pauses that wait for a person (`pause: {}`): the rollout goes on past the
+    /// pause after batch N once this is at least N. GitOps-friendly; `kubectl edgefleet rollout
+    /// resume` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub approved_batch: Option<i32>,
+
     /// Stop the rollout for good, leaving updated targets on the new image. Cannot be undone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abort: bool,
@@ -231,7 +238,8 @@ pub struct BatchStep {
     pub pause: Option<StepPause>,
 }
 
-/// A pause after a batch: for `seconds`, or until `spec.paused` is toggled (no `seconds`).
+/// A pause after a batch: for `seconds`, or (no `seconds`) until `spec.approvedBatch` reaches
+/// the batch's number.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StepPause {

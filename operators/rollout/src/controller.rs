@@ -318,6 +318,10 @@ async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         },
         hold,
         stop: aborting,
+        step_pause_pending: !old
+            .batches
+            .iter()
+            .any(|b| b.index == old.current_batch && b.finish_time.is_some()),
         now,
     };
     let plan = plan::plan(&snap);
@@ -613,9 +617,10 @@ fn step_pause_active(
     match pause.seconds {
         Some(s) if finished + jiff::SignedDuration::from_secs(s) <= now => None,
         Some(s) => Some(format!("step pause after batch {}: {s}s", batch.index)),
+        None if job.spec.approved_batch.unwrap_or(0) >= batch.index => None,
         None => Some(format!(
-            "step pause after batch {}: set spec.paused to true and back to false to go on",
-            batch.index
+            "step pause after batch {n}: set spec.approvedBatch to {n} to go on",
+            n = batch.index
         )),
     }
 }
@@ -912,6 +917,44 @@ fn export_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_pauses_hold_for_their_time_or_until_approved() {
+        let mut job = RolloutJob::new(
+            "j",
+            serde_json::from_value(serde_json::json!({
+                "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": "a"}}},
+                "image": "a:2",
+                "batches": {"steps": [
+                    {"size": 1, "pause": {"seconds": 60}},
+                    {"size": 1, "pause": {}},
+                    {"size": 1}
+                ]}
+            }))
+            .unwrap(),
+        );
+        let t0: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let finished = |index| RolloutJobStatus {
+            current_batch: index,
+            batches: vec![BatchSummary {
+                index,
+                finish_time: Some(Time(t0)),
+                ..BatchSummary::default()
+            }],
+            ..RolloutJobStatus::default()
+        };
+        let at = |s| t0 + jiff::SignedDuration::from_secs(s);
+        assert!(step_pause_active(&job, &finished(1), at(59)).is_some());
+        assert!(step_pause_active(&job, &finished(1), at(60)).is_none());
+        let held = step_pause_active(&job, &finished(2), at(3600)).unwrap();
+        assert!(held.contains("spec.approvedBatch to 2"), "{held}");
+        job.spec.approved_batch = Some(2);
+        assert!(step_pause_active(&job, &finished(2), at(1)).is_none());
+        assert!(
+            step_pause_active(&job, &finished(3), at(1)).is_none(),
+            "no pause after the last step"
+        );
+    }
 
     #[test]
     fn selectors_render_as_the_api_expects() {

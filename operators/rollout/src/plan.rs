@@ -126,6 +126,8 @@ pub struct Snapshot<'a> {
     pub hold: bool,
     /// Wind down: abort requested or the job is over.
     pub stop: bool,
+    /// The current batch's finish is not recorded yet, so a step pause after it has not begun.
+    pub step_pause_pending: bool,
     pub now: Timestamp,
 }
 
@@ -422,7 +424,13 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         out.current_batch_size += i64::try_from(take).unwrap_or(0);
     } else if !unfinished {
         out.current_batch_done = snap.current_batch > 0;
-        if active && !pending.is_empty() {
+        // A step pause after this batch starts from its finish time, which the status records
+        // with this plan: the next batch waits for a later reconcile to judge the pause.
+        let pause_follows = usize::try_from(snap.current_batch - 1)
+            .ok()
+            .and_then(|i| spec.batches.steps.as_ref()?.get(i))
+            .is_some_and(|step| step.pause.is_some());
+        if active && !pending.is_empty() && !(pause_follows && snap.step_pause_pending) {
             let next = snap.current_batch + 1;
             let groups: Vec<&str> = pending
                 .iter()
@@ -847,6 +855,7 @@ mod tests {
             current_batch_size: size,
             hold: false,
             stop: false,
+            step_pause_pending: true,
             now,
         }
     }
@@ -1161,6 +1170,24 @@ mod tests {
         let p = plan(&snapshot(&spec, vec![t, skipped], 1, 1, at(60)));
         assert!(p.complete);
         assert_eq!((p.counts.updated, p.counts.skipped), (1, 1));
+    }
+
+    #[test]
+    fn a_step_pause_is_never_skipped_in_the_reconcile_that_finishes_its_batch() {
+        let spec = spec(
+            serde_json::json!({"batches": {"steps": [{"size": 1, "pause": {}}, {"size": 1}]}}),
+        );
+        let mut done = target("a", "");
+        done.pod = Some(pod("a", NEW));
+        done.pod.as_mut().unwrap().batch = Some("1".into());
+        let snap = snapshot(&spec, vec![done, target("b", "")], 1, 1, at(60));
+        let p = plan(&snap);
+        assert!(p.current_batch_done);
+        assert_eq!(p.started_batch, None);
+        // Once the finish is recorded (and the pause released), the next batch starts.
+        let mut later = snap.clone();
+        later.step_pause_pending = false;
+        assert_eq!(plan(&later).started_batch, Some(2));
     }
 
     #[test]
