@@ -328,8 +328,12 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
             TargetState::Skipped => counts.skipped += 1,
             _ => {}
         }
-        let pulled = matches!(s, TargetState::Pulled | TargetState::Swapping)
-            || (on_image && t.prepull.is_some());
+        // Pre-pulled by this job: pulled and waiting, or past the swap (the new pod carries the
+        // batch mark once the pre-pull pod is gone).
+        let ours = t.prepull.is_some() || t.pod.as_ref().is_some_and(|p| p.batch.is_some());
+        let pulled = spec.pre_pull.enabled
+            && (*s == TargetState::Pulled
+                || (matches!(s, TargetState::Swapping | TargetState::Done) && on_image && ours));
         if pulled {
             counts.pre_pulled += 1;
         }
