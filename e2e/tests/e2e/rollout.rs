@@ -159,6 +159,15 @@ fn deletions(events: &[Seen], app: &str) -> BTreeMap<String, (String, std::time:
     out
 }
 
+/// How many of the workload's pods were deleted on each node.
+fn swaps_per_node(events: &[Seen], app: &str) -> BTreeMap<String, usize> {
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for (node, _) in deletions(events, app).values() {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    per_node
+}
+
 /// When the first pre-pull pod on each node was seen with its image pulled (Running in kwok).
 fn pulls(events: &[Seen]) -> BTreeMap<String, std::time::Instant> {
     let mut out = BTreeMap::new();
@@ -367,11 +376,7 @@ async fn a_budget_breach_rolls_back_what_was_updated() {
         Some("RollingUpdate")
     );
     // Batch 1 (edge-0020..24) had been updated and was swapped back: two swaps each.
-    let gone = deletions(&bed.pods.events(), "toll");
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-    for (node, _) in gone.values() {
-        *per_node.entry(node.clone()).or_default() += 1;
-    }
+    let per_node = swaps_per_node(&bed.pods.events(), "toll");
     for i in 20..25 {
         assert_eq!(
             per_node.get(&format!("edge-00{i}")),
@@ -625,11 +630,7 @@ async fn an_operator_killed_mid_batch_resumes_without_a_double_or_missed_swap() 
         pods.values().all(|p| image_of(p) == NEW),
         "a node was missed"
     );
-    let gone = deletions(&bed.pods.events(), "toll");
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-    for (node, _) in gone.values() {
-        *per_node.entry(node.clone()).or_default() += 1;
-    }
+    let per_node = swaps_per_node(&bed.pods.events(), "toll");
     assert_eq!(per_node.len(), 10);
     assert!(
         per_node.values().all(|n| *n == 1),
@@ -737,4 +738,70 @@ async fn explicit_steps_pause_until_approved() {
     patch_job(&bed, "canary", serde_json::json!({"approvedBatch": 1})).await;
     let job = wait_phase(&bed, "canary", RolloutPhase::Completed, 120).await;
     assert_eq!(job.status.unwrap().counts.updated, 10);
+}
+
+#[tokio::test]
+async fn deleting_a_job_mid_rollout_cleans_up_and_leaves_the_workload_as_it_is() {
+    let bed = bed("delete").await;
+    daemonset(&bed, "toll", (STATION, "station-3")).await;
+    create_job(
+        &bed,
+        "to-v2",
+        "toll",
+        NEW,
+        serde_json::json!({
+            "batches": {"size": 2},
+            "verify": {"readyTimeoutSeconds": 60, "minReadySeconds": 30},
+        }),
+    )
+    .await;
+    // Mid-batch: pre-pull pods exist or a swap is being verified.
+    let api: Api<RolloutJob> = bed.ns.api();
+    wait_for(
+        "the first batch to start",
+        Duration::from_secs(60),
+        || async {
+            let s = api.get("to-v2").await?.status.unwrap_or_default();
+            Ok((s.current_batch == 1).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let job = api.get("to-v2").await.unwrap();
+    assert!(
+        job.finalizers()
+            .iter()
+            .any(|f| f == "edgefleet.io/rollout-cleanup")
+    );
+    api.delete("to-v2", &Default::default()).await.unwrap();
+    wait_for(
+        "the RolloutJob to be gone",
+        Duration::from_secs(60),
+        || async { Ok(api.get_opt("to-v2").await?.is_none().then_some(())) },
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = bed.ns.api();
+    wait_for(
+        "its pre-pull pods to be gone",
+        Duration::from_secs(60),
+        || async {
+            let left = pods
+                .list(&ListParams::default().labels(keys::PREPULL_LABEL))
+                .await?;
+            Ok(left.items.is_empty().then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // The workload is let go of but not rolled on by its own controller: still OnDelete.
+    let ds = bed.ns.api::<DaemonSet>().get("toll").await.unwrap();
+    assert!(
+        !ds.annotations()
+            .contains_key(keys::WORKLOAD_LOCK_ANNOTATION)
+    );
+    assert_eq!(
+        ds.spec.unwrap().update_strategy.unwrap().type_.as_deref(),
+        Some("OnDelete")
+    );
 }
