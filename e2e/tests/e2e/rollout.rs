@@ -218,7 +218,7 @@ async fn daemonset_rolls_out_station_by_station_pulling_before_every_swap() {
     assert_eq!(status.counts.updated, 50);
     assert_eq!(status.counts.pre_pulled, 50);
     assert_eq!(status.counts.failed, 0);
-    assert_eq!(status.total_batches, 5);
+    assert_eq!(status.total_batches, 5, "{:#?}", status.batches);
     assert_eq!(status.progress.as_deref(), Some("5/5"));
     assert!(
         status

@@ -210,12 +210,22 @@ struct Blocked {
     requeue: Duration,
 }
 
-async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
+async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
+    // The plan builds on the status this operator wrote last (current batch, batch summaries,
+    // recent failures). The watch cache can lag behind that write under load, and a plan made
+    // from a stale status would start a batch twice; a quorum read costs one GET.
+    let ns = cached.namespace().ok_or(Error::MissingField("namespace"))?;
+    let Some(fresh) = Api::<RolloutJob>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&cached.name_any())
+        .await?
+    else {
+        return Ok(Requeue::await_change());
+    };
+    let job = &fresh;
     let old = job.status.clone().unwrap_or_default();
     if is_terminal(old.phase) {
         return Ok(Requeue::await_change());
     }
-    let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
     let uid = job.uid().ok_or(Error::MissingField("uid"))?;
     let spec = &job.spec;
     let now = Timestamp::now();
@@ -262,7 +272,7 @@ async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         if old.message.as_deref() != Some(&b.message) {
             publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
         }
-        write_status(ctx, job, &old, status).await?;
+        write_status(ctx, job, &old, &status).await?;
         return Ok(Requeue::requeue(b.requeue));
     }
 
@@ -303,6 +313,24 @@ async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     }
     plan::order_targets(&mut targets);
 
+    // The batch in progress is whatever the cluster's marks say, if they are ahead of the
+    // status (a status write lost after its batch was chosen): state lives on the cluster.
+    let marked = targets
+        .iter()
+        .filter_map(|t| plan::member_batch(&direction, t))
+        .max()
+        .unwrap_or(0);
+    let (current_batch, current_batch_size) = if switching {
+        (0, 0)
+    } else if marked > old.current_batch {
+        let members = targets
+            .iter()
+            .filter(|t| plan::member_batch(&direction, t) == Some(marked))
+            .count();
+        (marked, i64::try_from(members).unwrap_or(0))
+    } else {
+        (old.current_batch, current_batch_planned(&old))
+    };
     let step_pause = step_pause_active(job, &old, now);
     let hold = spec.paused || hand_edit.is_some() || step_pause.is_some();
     let snap = Snapshot {
@@ -310,12 +338,8 @@ async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         direction: direction.clone(),
         targets,
         // The first reconcile of a rollback starts its own batches from 1.
-        current_batch: if switching { 0 } else { old.current_batch },
-        current_batch_size: if switching {
-            0
-        } else {
-            current_batch_planned(&old)
-        },
+        current_batch,
+        current_batch_size,
         hold,
         stop: aborting,
         step_pause_pending: !old
@@ -325,23 +349,20 @@ async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         now,
     };
     let plan = plan::plan(&snap);
-
-    // Act.
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    for stale in &other_direction {
-        let _ = pods_api
-            .delete(&stale.name_any(), &DeleteParams::default())
-            .await;
-    }
-    let actor = Actor {
-        pods: pods_api.clone(),
-        job,
-        direction: &direction,
-        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
-        metrics: &ctx.rollout,
-        field_manager: OPERATOR,
-    };
-    actor.run(plan.actions.clone()).await?;
+    tracing::debug!(
+        batch = plan.current_batch,
+        targets = plan.counts.targets,
+        updated = plan.counts.updated,
+        pre_pulled = plan.counts.pre_pulled,
+        with_prepull = snap.targets.iter().filter(|t| t.prepull.is_some()).count(),
+        marked = snap
+            .targets
+            .iter()
+            .filter(|t| t.pod.as_ref().is_some_and(|p| p.batch.is_some()))
+            .count(),
+        actions = plan.actions.len(),
+        "planned"
+    );
 
     // Decide the phase.
     let budget_action = if rolling_back {
@@ -406,21 +427,42 @@ async fn apply(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         pause_reason = Some(("StepPause", m));
     }
 
-    // Ending: give the workloads back, remove what is left of ours.
-    if is_terminal(phase) {
-        release(ctx, &ns, &uid, phase != RolloutPhase::Aborted).await?;
-    }
-
-    // Status.
     let mut base = old.clone();
     if switching {
         base.batches.clear();
         base.current_batch = 0;
     }
     let status = build_status(job, &base, &plan, phase, pause_reason.clone(), now);
+
+    // Order matters for restarts. Normally the status goes first: a batch is recorded as
+    // started (with its planned size) before any target is chosen for it, so a crash in
+    // between is finished by the next plan instead of starting the batch a second time. An
+    // ending job acts first and records last: releasing the workloads is idempotent, and a
+    // terminal status is never looked at again.
+    let actor = Actor {
+        pods: Api::namespaced(ctx.client.clone(), &ns),
+        job,
+        direction: &direction,
+        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
+        metrics: &ctx.rollout,
+        field_manager: OPERATOR,
+    };
+    if is_terminal(phase) {
+        actor.run(plan.actions.clone()).await?;
+        release(ctx, &ns, &uid, phase != RolloutPhase::Aborted).await?;
+        write_status(ctx, job, &old, &status).await?;
+    } else {
+        write_status(ctx, job, &old, &status).await?;
+        for stale in &other_direction {
+            let _ = actor
+                .pods
+                .delete(&stale.name_any(), &DeleteParams::default())
+                .await;
+        }
+        actor.run(plan.actions.clone()).await?;
+    }
     events(ctx, job, &old, &status, &plan).await;
     export_metrics(ctx, job, &snap, &old, &status);
-    write_status(ctx, job, &old, status).await?;
 
     Ok(if is_terminal(phase) {
         Requeue::await_change()
@@ -765,18 +807,19 @@ fn build_status(
     s
 }
 
+/// Applies the status (server-side, this operator's field manager) unless nothing changed.
 async fn write_status(
     ctx: &Context,
     job: &RolloutJob,
     old: &RolloutJobStatus,
-    status: RolloutJobStatus,
+    status: &RolloutJobStatus,
 ) -> Result<()> {
-    if &status == old {
+    if status == old {
         return Ok(());
     }
     let api: Api<RolloutJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    edgefleet_kit::apply_status(&api, &job.name_any(), &status, OPERATOR).await?;
+    edgefleet_kit::apply_status(&api, &job.name_any(), status, OPERATOR).await?;
     Ok(())
 }
 
