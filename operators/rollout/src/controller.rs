@@ -5,23 +5,20 @@
 //! jobs are requeued every couple of seconds: progress is driven by the clock (timeouts,
 //! minReadySeconds) as much as by events.
 
-use edgefleet_api::rollout::{
-    BatchSummary, FailureAction, MAX_BATCH_SUMMARIES, MAX_RECENT_FAILURES, RolloutJob,
-    RolloutJobStatus, RolloutPhase, TargetFailure, WorkloadKind, keys,
-};
+use edgefleet_api::rollout::{RolloutJob, RolloutJobStatus, RolloutPhase, WorkloadKind, keys};
 use edgefleet_kit::{ConditionStatus, ReconcileMetrics, set_condition};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +26,12 @@ use std::time::Duration;
 use crate::act::Actor;
 use crate::error::{Error, Result};
 use crate::metrics::RolloutMetrics;
-use crate::plan::{self, Direction, Snapshot, Target, TargetState};
+use crate::plan::{self, Direction, Snapshot, Target};
+use crate::report::{events, export_metrics, publish};
 use crate::snapshot;
+use crate::status::{
+    Situation, build_status, current_batch_planned, decide, is_terminal, step_pause_active,
+};
 use crate::workload;
 
 /// Field manager and event reporter of this operator.
@@ -162,16 +163,6 @@ async fn reconcile(job: Arc<RolloutJob>, ctx: Arc<Context>) -> Result<Requeue> {
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
-}
-
-fn is_terminal(phase: RolloutPhase) -> bool {
-    matches!(
-        phase,
-        RolloutPhase::Completed
-            | RolloutPhase::Aborted
-            | RolloutPhase::RolledBack
-            | RolloutPhase::Failed
-    )
 }
 
 /// A label selector as the API's query string.
@@ -364,67 +355,27 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         "planned"
     );
 
-    // Decide the phase.
-    let budget_action = if rolling_back {
-        FailureAction::Pause
-    } else {
-        spec.failure_policy.action
-    };
-    let mut phase = if rolling_back {
-        RolloutPhase::RollingBack
-    } else {
-        RolloutPhase::Progressing
-    };
-    let mut pause_reason: Option<(&str, String)> = None;
-    if aborting {
-        phase = RolloutPhase::Aborted;
-    } else if plan.complete {
-        phase = if rolling_back {
-            RolloutPhase::RolledBack
-        } else {
-            RolloutPhase::Completed
-        };
-    } else if plan.budget_exceeded {
-        let message = format!(
-            "{} targets failed, more than the tolerance of {}",
-            plan.counts.failed,
-            plan::tolerance(&spec.failure_policy.tolerance, plan.counts.targets)
-        );
-        match budget_action {
-            FailureAction::Pause => {
-                phase = RolloutPhase::Paused;
-                pause_reason = Some((
-                    "FailureBudgetExceeded",
-                    format!(
-                        "{message}: raise spec.failurePolicy.tolerance to go on, or set spec.abort or spec.rollback"
-                    ),
-                ));
-            }
-            FailureAction::Abort => phase = RolloutPhase::Aborted,
-            FailureAction::Rollback => phase = RolloutPhase::RollingBack,
-        }
-        if old.phase != phase {
-            publish(
-                ctx,
-                job,
-                EventType::Warning,
-                "FailureBudgetExceeded",
-                &message,
-            )
-            .await;
-        }
-    } else if let Some(m) = hand_edit {
-        phase = RolloutPhase::Paused;
-        pause_reason = Some(("WorkloadChanged", m));
-    } else if spec.paused {
-        phase = RolloutPhase::Paused;
-        pause_reason = Some((
-            "SpecPaused",
-            "spec.paused is true: set it to false to resume".into(),
-        ));
-    } else if let Some(m) = step_pause {
-        phase = RolloutPhase::Paused;
-        pause_reason = Some(("StepPause", m));
+    let decision = decide(&Situation {
+        spec,
+        plan: &plan,
+        rolling_back,
+        aborting,
+        hand_edit,
+        step_pause,
+    });
+    let phase = decision.phase;
+    let pause_reason = decision.pause;
+    if let Some(message) = &decision.budget_exceeded
+        && old.phase != phase
+    {
+        publish(
+            ctx,
+            job,
+            EventType::Warning,
+            "FailureBudgetExceeded",
+            message,
+        )
+        .await;
     }
 
     let mut base = old.clone();
@@ -631,182 +582,6 @@ fn manager() -> PatchParams {
     }
 }
 
-/// Members the status says the current batch was started with.
-fn current_batch_planned(status: &RolloutJobStatus) -> i64 {
-    status
-        .batches
-        .iter()
-        .find(|b| b.index == status.current_batch)
-        .map_or(0, |b| b.counts.targets)
-}
-
-/// A step pause after the last finished batch: `Some(message)` while it holds.
-fn step_pause_active(
-    job: &RolloutJob,
-    status: &RolloutJobStatus,
-    now: Timestamp,
-) -> Option<String> {
-    let steps = job.spec.batches.steps.as_ref()?;
-    let batch = status
-        .batches
-        .iter()
-        .find(|b| b.index == status.current_batch)?;
-    let finished = batch.finish_time.as_ref()?.0;
-    let pause = steps
-        .get(usize::try_from(batch.index - 1).ok()?)?
-        .pause
-        .as_ref()?;
-    match pause.seconds {
-        Some(s) if finished + jiff::SignedDuration::from_secs(s) <= now => None,
-        Some(s) => Some(format!("step pause after batch {}: {s}s", batch.index)),
-        None if job.spec.approved_batch.unwrap_or(0) >= batch.index => None,
-        None => Some(format!(
-            "step pause after batch {n}: set spec.approvedBatch to {n} to go on",
-            n = batch.index
-        )),
-    }
-}
-
-fn build_status(
-    job: &RolloutJob,
-    old: &RolloutJobStatus,
-    plan: &plan::Plan,
-    phase: RolloutPhase,
-    pause_reason: Option<(&str, String)>,
-    now: Timestamp,
-) -> RolloutJobStatus {
-    let generation = job.metadata.generation;
-    let mut s = old.clone();
-    s.observed_generation = generation;
-    s.phase = phase;
-    s.counts = plan.counts.clone();
-    s.current_batch = plan.current_batch;
-    s.total_batches = plan.total_batches.max(plan.current_batch);
-    s.progress = Some(format!("{}/{}", s.current_batch, s.total_batches));
-    s.start_time.get_or_insert(Time(now));
-
-    // Batch summaries: the current one updated, a new one on start, bounded.
-    if let Some(started) = plan.started_batch {
-        if let Some(prev) = s.batches.iter_mut().find(|b| b.index == started - 1)
-            && prev.finish_time.is_none()
-        {
-            prev.finish_time = Some(Time(now));
-            prev.phase = "Completed".into();
-        }
-        s.batches.push(BatchSummary {
-            index: started,
-            group: None,
-            phase: "Progressing".into(),
-            counts: plan.current_batch_counts.clone(),
-            start_time: Some(Time(now)),
-            finish_time: None,
-        });
-    } else if let Some(b) = s.batches.iter_mut().find(|b| b.index == plan.current_batch) {
-        b.counts = plan.current_batch_counts.clone();
-        if plan.current_batch_done && b.finish_time.is_none() {
-            b.finish_time = Some(Time(now));
-            b.phase = "Completed".into();
-        }
-    }
-    if let Some(b) = s.batches.iter_mut().find(|b| b.index == plan.current_batch) {
-        b.counts.targets = b.counts.targets.max(plan.current_batch_size);
-    }
-    let excess = s.batches.len().saturating_sub(MAX_BATCH_SUMMARIES);
-    s.batches.drain(..excess);
-
-    for (t, o) in &plan.failures {
-        s.recent_failures
-            .retain(|f| !(f.node == t.node && f.workload == t.workload));
-        s.recent_failures.push(TargetFailure {
-            node: t.node.clone(),
-            workload: t.workload.clone(),
-            reason: o.reason.clone(),
-            message: o.message.clone(),
-            time: Some(Time(now)),
-        });
-    }
-    let excess = s.recent_failures.len().saturating_sub(MAX_RECENT_FAILURES);
-    s.recent_failures.drain(..excess);
-
-    let message = match (&pause_reason, phase) {
-        (Some((_, m)), _) => m.clone(),
-        (None, RolloutPhase::Completed) => format!("{} targets on the new image", s.counts.updated),
-        (None, RolloutPhase::RolledBack) => {
-            "every updated target is back on its previous image".into()
-        }
-        (None, RolloutPhase::Aborted) => "aborted; updated targets keep the new image".into(),
-        _ => format!(
-            "batch {}: {} of {} targets updated, {} failed, {} skipped",
-            s.progress.as_deref().unwrap_or_default(),
-            s.counts.updated,
-            s.counts.targets,
-            s.counts.failed,
-            s.counts.skipped
-        ),
-    };
-    s.message = Some(message.clone());
-
-    let c = &mut s.conditions;
-    let progressing = !is_terminal(phase) && pause_reason.is_none();
-    let reason = match phase {
-        RolloutPhase::RollingBack => "RollingBack",
-        RolloutPhase::Paused => "Paused",
-        RolloutPhase::Completed => "Completed",
-        RolloutPhase::RolledBack => "RolledBack",
-        RolloutPhase::Aborted => "Aborted",
-        _ => "BatchesRunning",
-    };
-    set_condition(
-        c,
-        "Progressing",
-        progressing,
-        reason,
-        &message,
-        generation,
-        now,
-    );
-    match &pause_reason {
-        Some((r, m)) => set_condition(c, "Paused", ConditionStatus::True, r, m, generation, now),
-        None => set_condition(
-            c,
-            "Paused",
-            ConditionStatus::False,
-            "Running",
-            "",
-            generation,
-            now,
-        ),
-    };
-    let complete = matches!(phase, RolloutPhase::Completed | RolloutPhase::RolledBack);
-    set_condition(
-        c,
-        "Complete",
-        complete,
-        reason,
-        if complete { &message } else { "" },
-        generation,
-        now,
-    );
-    let failed = phase == RolloutPhase::Aborted && !job.spec.abort;
-    set_condition(
-        c,
-        "Failed",
-        failed,
-        if failed {
-            "FailureBudgetExceeded"
-        } else {
-            "NoFailure"
-        },
-        if failed { &message } else { "" },
-        generation,
-        now,
-    );
-    if is_terminal(phase) {
-        s.completion_time.get_or_insert(Time(now));
-    }
-    s
-}
-
 /// Applies the status (server-side, this operator's field manager) unless nothing changed.
 async fn write_status(
     ctx: &Context,
@@ -823,181 +598,9 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, job: &RolloutJob, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Rollout".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not publish event");
-    }
-}
-
-async fn events(
-    ctx: &Context,
-    job: &RolloutJob,
-    old: &RolloutJobStatus,
-    new: &RolloutJobStatus,
-    plan: &plan::Plan,
-) {
-    if let Some(n) = plan.started_batch {
-        if n > 1 {
-            publish(
-                ctx,
-                job,
-                EventType::Normal,
-                "BatchCompleted",
-                &format!("batch {} of {} completed", n - 1, new.total_batches),
-            )
-            .await;
-        }
-        publish(
-            ctx,
-            job,
-            EventType::Normal,
-            "BatchStarted",
-            &format!(
-                "batch {n} of {} started with {} targets",
-                new.total_batches, plan.current_batch_size
-            ),
-        )
-        .await;
-    }
-    for (t, o) in plan.failures.iter().take(10) {
-        publish(
-            ctx,
-            job,
-            EventType::Warning,
-            &o.reason,
-            &format!("{} on node {}: {}", t.workload, t.node, o.message),
-        )
-        .await;
-    }
-    if old.phase != new.phase {
-        let (type_, reason) = match new.phase {
-            RolloutPhase::Paused => (EventType::Normal, "Paused"),
-            RolloutPhase::RollingBack => (EventType::Warning, "RollbackStarted"),
-            RolloutPhase::Completed => (EventType::Normal, "Completed"),
-            RolloutPhase::RolledBack => (EventType::Normal, "RolledBack"),
-            RolloutPhase::Aborted => (EventType::Warning, "Aborted"),
-            RolloutPhase::Progressing => (EventType::Normal, "Progressing"),
-            _ => return,
-        };
-        publish(
-            ctx,
-            job,
-            type_,
-            reason,
-            new.message.as_deref().unwrap_or_default(),
-        )
-        .await;
-    }
-}
-
-fn export_metrics(
-    ctx: &Context,
-    job: &RolloutJob,
-    snap: &Snapshot<'_>,
-    old: &RolloutJobStatus,
-    new: &RolloutJobStatus,
-) {
-    let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
-    let mut by_state: HashMap<&'static str, i64> = HashMap::new();
-    for t in &snap.targets {
-        let state = match plan::state_of(snap, t) {
-            TargetState::Done => "done",
-            TargetState::Failed => "failed",
-            TargetState::Skipped => "skipped",
-            TargetState::Pending => "pending",
-            TargetState::WaitingForNode => "waiting_for_node",
-            TargetState::Chosen => "chosen",
-            TargetState::Pulling => "pulling",
-            TargetState::Pulled => "pulled",
-            TargetState::Swapping => "swapping",
-        };
-        *by_state.entry(state).or_default() += 1;
-    }
-    for state in [
-        "done",
-        "failed",
-        "skipped",
-        "pending",
-        "waiting_for_node",
-        "chosen",
-        "pulling",
-        "pulled",
-        "swapping",
-    ] {
-        let value = if is_terminal(new.phase) {
-            0
-        } else {
-            by_state.get(state).copied().unwrap_or(0)
-        };
-        ctx.rollout
-            .targets
-            .with_label_values(&[&ns, &name, state])
-            .set(value);
-    }
-    // A batch that finished in this reconcile.
-    for b in &new.batches {
-        let was_open = old
-            .batches
-            .iter()
-            .find(|o| o.index == b.index)
-            .is_none_or(|o| o.finish_time.is_none());
-        if let (Some(start), Some(end), true) = (&b.start_time, &b.finish_time, was_open) {
-            ctx.rollout
-                .batch_duration
-                .observe(end.0.duration_since(start.0).as_secs_f64());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn step_pauses_hold_for_their_time_or_until_approved() {
-        let mut job = RolloutJob::new(
-            "j",
-            serde_json::from_value(serde_json::json!({
-                "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": "a"}}},
-                "image": "a:2",
-                "batches": {"steps": [
-                    {"size": 1, "pause": {"seconds": 60}},
-                    {"size": 1, "pause": {}},
-                    {"size": 1}
-                ]}
-            }))
-            .unwrap(),
-        );
-        let t0: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
-        let finished = |index| RolloutJobStatus {
-            current_batch: index,
-            batches: vec![BatchSummary {
-                index,
-                finish_time: Some(Time(t0)),
-                ..BatchSummary::default()
-            }],
-            ..RolloutJobStatus::default()
-        };
-        let at = |s| t0 + jiff::SignedDuration::from_secs(s);
-        assert!(step_pause_active(&job, &finished(1), at(59)).is_some());
-        assert!(step_pause_active(&job, &finished(1), at(60)).is_none());
-        let held = step_pause_active(&job, &finished(2), at(3600)).unwrap();
-        assert!(held.contains("spec.approvedBatch to 2"), "{held}");
-        job.spec.approved_batch = Some(2);
-        assert!(step_pause_active(&job, &finished(2), at(1)).is_none());
-        assert!(
-            step_pause_active(&job, &finished(3), at(1)).is_none(),
-            "no pause after the last step"
-        );
-    }
 
     #[test]
     fn selectors_render_as_the_api_expects() {

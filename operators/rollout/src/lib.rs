@@ -6,7 +6,8 @@
 //! | read the cluster into targets | [`snapshot`] |
 //! | decide (pure) | [`plan`], [`prepull`] (pod shape, pull outcome), [`workload`] (patches) |
 //! | act | [`act`] |
-//! | wire it up, status, events, metrics | [`controller`], [`metrics`] |
+//! | status, events, gauges | [`status`], [`report`] |
+//! | wire it up | [`controller`], [`metrics`] |
 
 pub mod act;
 pub mod controller;
@@ -14,5 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod plan;
 pub mod prepull;
+pub mod report;
 pub mod snapshot;
+pub mod status;
 pub mod workload;
