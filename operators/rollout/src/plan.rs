@@ -267,16 +267,17 @@ pub fn batch_size(policy: &BatchPolicy, n: i32, total: i64) -> i64 {
     size.max(1)
 }
 
-/// How many batches `total` targets make, given the groups they fall in (in order).
-pub fn count_batches(policy: &BatchPolicy, groups: &[&str]) -> i32 {
-    let total = i64::try_from(groups.len()).unwrap_or(i64::MAX);
-    let mut n = 0;
+/// How many batches the targets still pending (given their groups, in order) make when the
+/// next batch is number `first`. Sizes are taken of all `total` targets, as when the batches
+/// start, and steps are counted from `first` on.
+pub fn count_batches(policy: &BatchPolicy, groups: &[&str], total: i64, first: i32) -> i32 {
+    let mut n = first;
     let mut i = 0;
     while i < groups.len() {
-        n += 1;
         i += take_batch(policy, &groups[i..], batch_size(policy, n, total));
+        n += 1;
     }
-    n
+    n - first
 }
 
 /// How many of the next targets (given their groups, in order) one batch of `size` takes: whole
@@ -458,13 +459,11 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         .iter()
         .map(|&i| snap.targets[i].group.as_str())
         .collect();
-    let after = if out.started_batch.is_some() {
-        // The batch just started is part of `remaining`'s head.
-        count_batches(&spec.batches, &remaining) - 1
-    } else {
-        count_batches(&spec.batches, &remaining)
-    };
-    out.total_batches = out.current_batch + after.max(0);
+    // The pending targets as they were before this plan chose any: a batch just started is
+    // their head.
+    let first = snap.current_batch + 1;
+    let after = count_batches(&spec.batches, &remaining, total, first);
+    out.total_batches = snap.current_batch + after;
     out.complete = states.iter().all(TargetState::is_terminal);
     out
 }
@@ -924,6 +923,38 @@ mod tests {
                 ("toll-edge-02", "1")
             ]
         );
+    }
+
+    #[test]
+    fn the_batch_total_stays_put_while_batches_run() {
+        let spec = spec(serde_json::json!({"batches": {"size": "10%"}}));
+        let fresh = plan(&snapshot(&spec, nodes(20), 0, 0, t0()));
+        assert_eq!((fresh.started_batch, fresh.total_batches), (Some(1), 10));
+        // Batch 1 (2 targets) in flight: still 10 batches, not 1 + 10% of the 18 left.
+        let targets: Vec<_> = nodes(20)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if i < 2 { chosen(t, 1) } else { t })
+            .collect();
+        assert_eq!(
+            plan(&snapshot(&spec, targets, 1, 2, t0())).total_batches,
+            10
+        );
+        // Steps: counted from the step the next batch will use.
+        let steps = spec_steps();
+        let targets: Vec<_> = nodes(10)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if i < 1 { chosen(t, 1) } else { t })
+            .collect();
+        assert_eq!(
+            plan(&snapshot(&steps, targets, 1, 1, t0())).total_batches,
+            3
+        );
+    }
+
+    fn spec_steps() -> RolloutJobSpec {
+        spec(serde_json::json!({"batches": {"steps": [{"size": 1}, {"size": "50%"}]}}))
     }
 
     #[test]
