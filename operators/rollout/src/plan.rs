@@ -568,8 +568,10 @@ fn step_target(
             if let (Some(pod), Some(pp)) = (&t.pod, &t.prepull)
                 && pp.outcome.is_none()
             {
-                let interruption = match (pp.swapped_at, pod.ready_since) {
-                    (Some(gone), Some(ready)) => Some(ready.duration_since(gone)),
+                // Measured once: a Finish repeated before the cache shows it done (the pod
+                // already marked) must not observe the interruption again.
+                let interruption = match (pp.swapped_at, pod.ready_since, &pod.batch) {
+                    (Some(gone), Some(ready), None) => Some(ready.duration_since(gone)),
                     _ => None,
                 };
                 out.actions.push(Action::Finish {
