@@ -57,8 +57,9 @@ impl Actor<'_> {
                 image,
                 batch,
                 attempt,
+                swap,
             } => {
-                let pod = prepull::build_pod(&PrePullRequest {
+                let mut pod = prepull::build_pod(&PrePullRequest {
                     job_name: &self.job.name_any(),
                     job_uid: &uid,
                     namespace: &self.job.namespace().unwrap_or_default(),
@@ -69,6 +70,12 @@ impl Actor<'_> {
                     timeout_seconds: self.job.spec.pre_pull.timeout_seconds,
                     pull_secrets: self.pull_secrets.clone(),
                 });
+                if swap {
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert(keys::SWAPPED_AT_ANNOTATION.into(), now.to_string());
+                }
                 match self.pods.create(&PostParams::default(), &pod).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),

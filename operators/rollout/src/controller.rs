@@ -150,19 +150,25 @@ fn error_policy(_job: Arc<RolloutJob>, error: &Error, ctx: Arc<Context>) -> Requ
     Requeue::requeue(Duration::from_secs(5))
 }
 
+/// The longest one reconcile may take. The client has no read timeout (watches stream for
+/// minutes), so a request the API server never answers would otherwise stall the job for good.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[tracing::instrument(skip_all, fields(namespace = job.namespace(), name = job.name_any()))]
 async fn reconcile(job: Arc<RolloutJob>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile_started();
     let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
     let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&jobs, FINALIZER, job, |event| async {
+    let work = finalizer(&jobs, FINALIZER, job, |event| async {
         match event {
             Finalizer::Apply(job) => apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    });
+    match tokio::time::timeout(RECONCILE_TIMEOUT, work).await {
+        Ok(done) => done.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
+    }
 }
 
 /// A label selector as the API's query string.

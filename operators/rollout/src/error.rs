@@ -12,6 +12,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("RolloutJob has no {0}")]
     MissingField(&'static str),
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl MetricLabel for Error {
@@ -21,6 +23,7 @@ impl MetricLabel for Error {
             Self::Kit(e) => e.metric_label(),
             Self::Finalizer(_) => "finalizer",
             Self::MissingField(_) => "missing_field",
+            Self::Timeout(_) => "timeout",
         }
     }
 }

@@ -136,12 +136,15 @@ pub struct Snapshot<'a> {
 pub enum Action {
     /// Annotate a target pod as a member of a batch.
     Choose { pod: String, batch: String },
-    /// Create a pre-pull pod (a retry is the next attempt).
+    /// Create a pre-pull pod (a retry is the next attempt). With `swap`, the pod only records
+    /// a swap that starts now (pre-pull disabled: it asks for the image the node already runs,
+    /// so nothing is pulled); the old pod is deleted once the record is seen.
     PrePull {
         node: String,
         image: String,
         batch: String,
         attempt: i32,
+        swap: bool,
     },
     /// Record the swap start on the pre-pull pod (if any), then delete the old pod.
     Swap {
@@ -629,7 +632,20 @@ fn step_target(
                 return;
             }
             if !spec.pre_pull.enabled {
-                try_swap(t, None, swapping, swap_limit, out);
+                // No pull, but the swap still needs a record that outlives the old pod: a
+                // pre-pull pod of the image the node already has, marked as swapping.
+                if let Some(pod) = &t.pod
+                    && *swapping < swap_limit
+                {
+                    *swapping += 1;
+                    out.actions.push(Action::PrePull {
+                        node: t.node.clone(),
+                        image: pod.image.clone(),
+                        batch,
+                        attempt: 1,
+                        swap: true,
+                    });
+                }
             } else if *pulling < pull_limit {
                 *pulling += 1;
                 out.actions.push(Action::PrePull {
@@ -637,6 +653,7 @@ fn step_target(
                     image: t.image.clone(),
                     batch,
                     attempt: 1,
+                    swap: false,
                 });
             }
         }
@@ -666,6 +683,7 @@ fn step_target(
                         image: t.image.clone(),
                         batch,
                         attempt: pp.attempt + 1,
+                        swap: false,
                     });
                 }
             } else {
@@ -1228,11 +1246,22 @@ mod tests {
     }
 
     #[test]
-    fn without_prepull_the_swap_is_immediate() {
+    fn without_prepull_the_swap_starts_at_once_with_a_record_of_it() {
         let spec = spec(serde_json::json!({"batches": {"size": 2}, "prePull": {"enabled": false}}));
         let targets = vec![chosen(target("a", ""), 1), chosen(target("b", ""), 1)];
         let p = plan(&snapshot(&spec, targets, 1, 2, t0()));
-        assert_eq!(kinds(&p), ["swap", "swap"]);
+        assert!(
+            p.actions
+                .iter()
+                .all(|a| matches!(a, Action::PrePull { swap: true, image, .. } if image == OLD)),
+            "{:?}",
+            p.actions
+        );
+        // With the record in place the old pod goes, whatever the record pod's own state.
+        let mut marked = with_prepull(chosen(target("a", ""), 1), PullState::Pulling, 1);
+        marked.prepull.as_mut().unwrap().swapped_at = Some(t0());
+        let p = plan(&snapshot(&spec, vec![marked], 1, 1, t0()));
+        assert_eq!(kinds(&p), ["swap"]);
     }
 }
 
