@@ -59,6 +59,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// No kubeconfig or in-cluster configuration was found.
+    #[error("cannot find a Kubernetes client configuration: {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+
+    /// A configuration was found but no client could be built from it (e.g. TLS material).
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+
     /// An object could not be turned into an apply body.
     #[error("cannot serialize {kind} {name} for apply: {source}")]
     Serialize {
@@ -83,6 +91,8 @@ impl Error {
             Error::LeaseNotConfirmed { .. } => "lease_not_confirmed",
             Error::Apply { .. } => "apply",
             Error::Serialize { .. } => "serialize",
+            Error::KubeConfig(_) => "kube_config",
+            Error::Client(_) => "client",
         }
     }
 }

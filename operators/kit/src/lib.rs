@@ -56,6 +56,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod client;
 pub mod conditions;
 pub mod error;
 pub mod events;
@@ -67,6 +68,7 @@ pub mod telemetry;
 
 pub use apply::{apply, apply_params, apply_status};
 pub use cli::{CommonArgs, LogFormat};
+pub use client::{CountRequestsLayer, client_with_metrics};
 pub use conditions::{ConditionStatus, find_condition, is_true, set_condition};
 pub use error::{Error, Result};
 pub use events::recorder;

@@ -25,14 +25,15 @@ async fn main() -> anyhow::Result<()> {
     let readiness = kit::Readiness::new();
     let server = kit::serve(
         cli.common.metrics_addr,
-        registry,
+        registry.clone(),
         readiness.clone(),
         shutdown.clone(),
     )
     .await?;
     tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
 
-    let client = kube::Client::try_default().await?;
+    // Counts this operator's own API requests: edgefleet_rollout_api_requests_total{verb}.
+    let client = kit::client_with_metrics(&registry, "edgefleet_rollout").await?;
     let recorder = kit::recorder(client.clone(), OPERATOR, &cli.common.identity);
     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
         .with_leader_gauge(metrics.leader.clone());

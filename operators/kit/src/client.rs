@@ -1,0 +1,328 @@
+//! A `kube::Client` that counts the operator's own API requests.
+//!
+//! `<prefix>_api_requests_total{verb}` is what an operator costs the API server, the figure the
+//! scale targets bound ("API calls per target"). `verb` is the API server's own vocabulary
+//! (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`), read from
+//! the HTTP method and the path; a non-resource request (discovery, `/version`) counts as `get`.
+//!
+//! Counted once per request the operator's code sends, when it is sent: a request that fails,
+//! or that the client retries internally, counts once; a watch counts once however long it
+//! streams.
+//!
+//! ```ignore
+//! let registry = prometheus::Registry::new();
+//! let client = kit::client_with_metrics(&registry, "edgefleet_rollout").await?;
+//! ```
+
+use http::{Method, Request, Uri};
+use kube::client::ClientBuilder;
+use prometheus::{IntCounterVec, Opts, Registry};
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+use crate::{Error, Result};
+
+/// Every `verb` label value, pre-registered at 0 so rates and deltas work from the start.
+pub const VERBS: &[&str] = &[
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "other",
+];
+
+/// A client from the inferred configuration (`KUBECONFIG`, `~/.kube/config`, or in-cluster:
+/// what `kube::Client::try_default` uses) that counts its requests in
+/// `<prefix>_api_requests_total{verb}`, registered in `registry`.
+///
+/// # Errors
+/// [`Error::KubeConfig`] without a configuration, [`Error::Client`] when no client can be built
+/// from it, [`Error::Metrics`] when the counter cannot be registered (invalid prefix, or already
+/// registered under that prefix).
+pub async fn client_with_metrics(registry: &Registry, prefix: &str) -> Result<kube::Client> {
+    let layer = CountRequestsLayer::register(registry, prefix)?;
+    let config = kube::Config::infer().await?;
+    client_with_layer(config, &layer).map_err(Error::Client)
+}
+
+/// A client from `config` with `layer` outside the default stack (so it sees each request once,
+/// as the operator's code sends it).
+///
+/// # Errors
+/// When `kube` cannot build a client from `config`.
+pub fn client_with_layer(
+    config: kube::Config,
+    layer: &CountRequestsLayer,
+) -> kube::Result<kube::Client> {
+    Ok(ClientBuilder::try_from(config)?.with_layer(layer).build())
+}
+
+/// The tower layer behind [`client_with_metrics`]: wraps a service in [`CountRequests`].
+#[derive(Clone, Debug)]
+pub struct CountRequestsLayer {
+    requests: IntCounterVec,
+}
+
+impl CountRequestsLayer {
+    /// Creates `<prefix>_api_requests_total{verb}` (a trailing `_` on `prefix` is accepted) and
+    /// registers it in `registry`.
+    ///
+    /// # Errors
+    /// An invalid metric name, or the counter already registered in `registry`.
+    pub fn register(registry: &Registry, prefix: &str) -> prometheus::Result<Self> {
+        let prefix = prefix.trim_end_matches('_');
+        let requests = IntCounterVec::new(
+            Opts::new(
+                format!("{prefix}_api_requests_total"),
+                "Requests this process sent to the Kubernetes API server, by verb.",
+            ),
+            &["verb"],
+        )?;
+        for verb in VERBS {
+            requests.with_label_values(&[verb]);
+        }
+        registry.register(Box::new(requests.clone()))?;
+        Ok(Self { requests })
+    }
+
+    /// The counter, e.g. to read it in a test.
+    pub fn counter(&self) -> &IntCounterVec {
+        &self.requests
+    }
+}
+
+impl<S> Layer<S> for CountRequestsLayer {
+    type Service = CountRequests<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountRequests {
+            inner,
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// Counts each request by verb, then hands it on unchanged.
+#[derive(Clone, Debug)]
+pub struct CountRequests<S> {
+    inner: S,
+    requests: IntCounterVec,
+}
+
+impl<S, B> Service<Request<B>> for CountRequests<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.requests
+            .with_label_values(&[verb(request.method(), request.uri())])
+            .inc();
+        self.inner.call(request)
+    }
+}
+
+/// The API server's verb for a request.
+pub fn verb(method: &Method, uri: &Uri) -> &'static str {
+    let collection = is_collection(uri.path());
+    match *method {
+        Method::GET if is_watch(uri) => "watch",
+        Method::GET if collection == Some(true) => "list",
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if collection == Some(true) => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+/// `watch=true` (or `1`) in the query, or the old `/watch/` path form.
+fn is_watch(uri: &Uri) -> bool {
+    let query_says = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+    });
+    query_says || resource_segments(uri.path()).is_some_and(|r| r.first() == Some(&"watch"))
+}
+
+/// `Some(true)` for a collection (`.../pods`), `Some(false)` for an object or its subresource
+/// (`.../pods/x`, `.../pods/x/status`), `None` for a non-resource path (`/version`, `/apis`).
+fn is_collection(path: &str) -> Option<bool> {
+    let segments = resource_segments(path)?;
+    let mut rest = segments.as_slice();
+    if rest.first() == Some(&"watch") {
+        rest = &rest[1..];
+    }
+    // `namespaces/<ns>/<resource>...` is a namespaced resource; `namespaces[/<ns>]` itself is a
+    // cluster-scoped one.
+    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        rest = &rest[2..];
+    }
+    match rest.len() {
+        0 => None,
+        1 => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// The path segments after `/api/<version>` or `/apis/<group>/<version>`; `None` for a
+/// non-resource path.
+fn resource_segments(path: &str) -> Option<Vec<&str>> {
+    let mut segments = path.trim_matches('/').split('/');
+    let skip = match segments.next() {
+        Some("api") => 1,
+        Some("apis") => 2,
+        _ => return None,
+    };
+    for _ in 0..skip {
+        segments.next()?;
+    }
+    Some(segments.filter(|s| !s.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_the_api_servers() {
+        let cases = [
+            ("GET", "/api/v1/pods?watch=true&resourceVersion=1", "watch"),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods?labelSelector=x%3Dy&watch=true",
+                "watch",
+            ),
+            ("GET", "/api/v1/watch/namespaces/a/pods", "watch"),
+            ("GET", "/api/v1/pods", "list"),
+            ("GET", "/api/v1/namespaces/a/pods?limit=500", "list"),
+            ("GET", "/api/v1/namespaces/a/pods/p", "get"),
+            ("GET", "/api/v1/namespaces/a/pods/p/log", "get"),
+            ("GET", "/api/v1/namespaces", "list"),
+            ("GET", "/api/v1/namespaces/a", "get"),
+            ("GET", "/api/v1/nodes/edge-0001", "get"),
+            (
+                "GET",
+                "/apis/edgefleet.io/v1alpha1/namespaces/a/rolloutjobs",
+                "list",
+            ),
+            ("GET", "/apis/edgefleet.io/v1alpha1/rolloutjobs", "list"),
+            ("GET", "/apis", "get"),
+            ("GET", "/api/v1", "get"),
+            ("GET", "/version", "get"),
+            ("POST", "/api/v1/namespaces/a/pods", "create"),
+            ("PUT", "/apis/apps/v1/namespaces/a/daemonsets/d", "update"),
+            ("PATCH", "/api/v1/namespaces/a/pods/p", "patch"),
+            (
+                "PATCH",
+                "/apis/edgefleet.io/v1alpha1/namespaces/a/rolloutjobs/j/status?fieldManager=x",
+                "patch",
+            ),
+            ("DELETE", "/api/v1/namespaces/a/pods/p", "delete"),
+            (
+                "DELETE",
+                "/api/v1/namespaces/a/pods?labelSelector=edgefleet.io%2Fjob-uid%3Du",
+                "deletecollection",
+            ),
+            ("OPTIONS", "/api/v1/pods", "other"),
+        ];
+        for (method, uri, want) in cases {
+            let method: Method = method.parse().unwrap();
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(verb(&method, &uri), want, "{method} {uri}");
+            assert!(VERBS.contains(&want));
+        }
+    }
+
+    /// A service that answers every request at once.
+    struct Answer;
+
+    impl Service<Request<()>> for Answer {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<(), Self::Error>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn count(layer: &CountRequestsLayer, verb: &str) -> u64 {
+        layer.counter().with_label_values(&[verb]).get()
+    }
+
+    #[test]
+    fn the_layer_counts_each_request_by_verb_and_registers_once() {
+        let registry = Registry::new();
+        let layer = CountRequestsLayer::register(&registry, "edgefleet_test_").unwrap();
+        let mut service = layer.layer(Answer);
+        let request =
+            |method: &str, uri: &str| Request::builder().method(method).uri(uri).body(()).unwrap();
+        service
+            .call(request("GET", "/api/v1/pods?watch=true"))
+            .into_inner()
+            .unwrap();
+        service
+            .call(request("GET", "/api/v1/namespaces/a/pods/p"))
+            .into_inner()
+            .unwrap();
+        service
+            .call(request("GET", "/api/v1/namespaces/a/pods/q"))
+            .into_inner()
+            .unwrap();
+        service
+            .call(request("DELETE", "/api/v1/namespaces/a/pods/q"))
+            .into_inner()
+            .unwrap();
+        assert_eq!(
+            (
+                count(&layer, "watch"),
+                count(&layer, "get"),
+                count(&layer, "delete")
+            ),
+            (1, 2, 1)
+        );
+
+        let families = registry.gather();
+        let family = families
+            .iter()
+            .find(|f| f.name() == "edgefleet_test_api_requests_total")
+            .expect("registered under the prefix");
+        assert_eq!(family.get_metric().len(), VERBS.len(), "every verb from 0");
+        assert!(
+            CountRequestsLayer::register(&registry, "edgefleet_test").is_err(),
+            "a second registration is refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_built_with_the_layer_counts_what_it_sends() {
+        let registry = Registry::new();
+        let layer = CountRequestsLayer::register(&registry, "edgefleet_test").unwrap();
+        // Nothing listens on port 1: the request fails, and was still sent once.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = client_with_layer(config, &layer).unwrap();
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(client, "default");
+        assert!(pods.list(&kube::api::ListParams::default()).await.is_err());
+        assert!(pods.get("p").await.is_err());
+        assert_eq!((count(&layer, "list"), count(&layer, "get")), (1, 1));
+    }
+}
