@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// Label on a node a test has taken offline on purpose: other tests leave it out of checks
+/// that every node is Ready.
+pub const DISTURBED_LABEL: &str = "edgefleet.io/e2e-disturbed";
+
 /// Field manager the tests apply with.
 pub const FIELD_MANAGER: &str = "edgefleet-e2e";
 

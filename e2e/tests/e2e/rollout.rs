@@ -646,6 +646,14 @@ async fn set_node_ready(client: &Client, node: &str, ready: bool) {
     } else {
         serde_json::Value::Null
     };
+    if !ready {
+        let label =
+            serde_json::json!({"metadata": {"labels": {edgefleet_e2e::DISTURBED_LABEL: "true"}}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(label))
+            .await
+            .unwrap();
+    }
     nodes
         .patch(node, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/node": annotation}}})))
         .await
@@ -677,6 +685,14 @@ async fn set_node_ready(client: &Client, node: &str, ready: bool) {
     )
     .await
     .unwrap();
+    if ready {
+        let label =
+            serde_json::json!({"metadata": {"labels": {edgefleet_e2e::DISTURBED_LABEL: null}}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(label))
+            .await
+            .unwrap();
+    }
 }
 
 /// Gives a node back to kwok even when the test fails.
@@ -693,6 +709,16 @@ impl Drop for NodeGuard {
                 "node",
                 &self.0,
                 "kwok.x-k8s.io/node=fake",
+            ])
+            .status();
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(edgefleet_e2e::kubeconfig_path())
+            .args([
+                "label",
+                "node",
+                &self.0,
+                &format!("{}-", edgefleet_e2e::DISTURBED_LABEL),
             ])
             .status();
     }

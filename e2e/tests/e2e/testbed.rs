@@ -19,8 +19,10 @@ fn ready(node: &Node) -> bool {
 #[tokio::test]
 async fn edge_nodes_are_ready_and_labelled() {
     let client = client().await.unwrap();
+    // Nodes another test has taken offline on purpose carry DISTURBED_LABEL.
+    let selector = format!("{EDGE_LABEL},!{}", edgefleet_e2e::DISTURBED_LABEL);
     let nodes = Api::<Node>::all(client)
-        .list(&ListParams::default().labels(EDGE_LABEL))
+        .list(&ListParams::default().labels(&selector))
         .await
         .unwrap();
     assert!(
