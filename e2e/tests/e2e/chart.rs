@@ -15,9 +15,11 @@ fn charts_lint_clean() {
 async fn rendered_charts_pass_server_side_dry_run() {
     let client = client().await.unwrap();
     install_crds(&client).await.unwrap();
+    // Release names of their own: cluster-scoped names (ClusterRoles) must not collide with
+    // the release other tests install for real.
     for (release, chart) in [
-        ("edgefleet-crds", "charts/edgefleet-crds"),
-        ("edgefleet", "charts/edgefleet"),
+        ("dry-run-crds", "charts/edgefleet-crds"),
+        ("dry-run", "charts/edgefleet"),
     ] {
         let rendered = run(
             "helm",

@@ -710,6 +710,7 @@ impl Drop for NodeGuard {
                 &self.0,
                 "kwok.x-k8s.io/node=fake",
             ])
+            .stdout(std::process::Stdio::null())
             .status();
         let _ = std::process::Command::new("kubectl")
             .arg("--kubeconfig")

@@ -33,8 +33,8 @@ pub struct Decision {
     pub budget_exceeded: Option<String>,
 }
 
-/// Decides the phase: abort and completion first, then the failure budget, then the reasons to
-/// hold (a hand edit, `spec.paused`, a step pause). A rollback that breaks the budget pauses:
+/// Decides the phase: abort first, then the failure budget (even when every target is done),
+/// completion, then the reasons to hold (a hand edit, `spec.paused`, a step pause). A rollback that breaks the budget pauses:
 /// a rollback is never rolled back.
 pub fn decide(s: &Situation<'_>) -> Decision {
     let plan = s.plan;
@@ -49,12 +49,6 @@ pub fn decide(s: &Situation<'_>) -> Decision {
     };
     if s.aborting {
         d.phase = RolloutPhase::Aborted;
-    } else if plan.complete {
-        d.phase = if s.rolling_back {
-            RolloutPhase::RolledBack
-        } else {
-            RolloutPhase::Completed
-        };
     } else if plan.budget_exceeded {
         let message = format!(
             "{} targets failed, more than the tolerance of {}",
@@ -80,6 +74,13 @@ pub fn decide(s: &Situation<'_>) -> Decision {
             FailureAction::Rollback => d.phase = RolloutPhase::RollingBack,
         }
         d.budget_exceeded = Some(message);
+    } else if plan.complete {
+        // Checked after the budget: a job whose last failures broke it is not Completed.
+        d.phase = if s.rolling_back {
+            RolloutPhase::RolledBack
+        } else {
+            RolloutPhase::Completed
+        };
     } else if let Some(m) = &s.hand_edit {
         d.phase = RolloutPhase::Paused;
         d.pause = Some(("WorkloadChanged", m.clone()));
@@ -320,6 +321,19 @@ mod tests {
         let back = decide(&situation(true));
         assert_eq!(back.phase, RolloutPhase::Paused);
         assert_eq!(back.pause.unwrap().0, "FailureBudgetExceeded");
+        // Every target done, but the last failures broke the budget: not Completed.
+        let done = plan::Plan {
+            complete: true,
+            ..p.clone()
+        };
+        assert_eq!(
+            decide(&Situation {
+                plan: &done,
+                ..situation(false)
+            })
+            .phase,
+            RolloutPhase::RollingBack
+        );
         let calm = plan::Plan::default();
         let d = decide(&Situation {
             plan: &calm,
