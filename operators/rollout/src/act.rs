@@ -88,29 +88,15 @@ impl Actor<'_> {
                 prepull,
                 ..
             } => {
-                if let Some(pp) = prepull {
+                if let Some((pp, created)) = prepull {
                     // The clock of the interruption starts here; recorded before the delete so a
-                    // restart in between still knows the swap was started.
-                    if let Some(existing) = self.pods.get_opt(&pp).await? {
-                        let started = existing
-                            .annotations()
-                            .contains_key(keys::SWAPPED_AT_ANNOTATION);
-                        if !started {
-                            let pulled_for = now.duration_since(
-                                existing
-                                    .metadata
-                                    .creation_timestamp
-                                    .as_ref()
-                                    .map(|t| t.0)
-                                    .unwrap_or(now),
-                            );
-                            self.metrics
-                                .prepull_duration
-                                .observe(pulled_for.as_secs_f64());
-                            self.annotate(&pp, keys::SWAPPED_AT_ANNOTATION, &now.to_string())
-                                .await?;
-                        }
-                    }
+                    // restart in between still knows the swap was started. The plan only asks
+                    // for the mark when the pre-pull pod has none yet: no read needed.
+                    self.metrics
+                        .prepull_duration
+                        .observe(now.duration_since(created).as_secs_f64());
+                    self.annotate(&pp, keys::SWAPPED_AT_ANNOTATION, &now.to_string())
+                        .await?;
                 }
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {

@@ -151,7 +151,9 @@ pub enum Action {
         node: String,
         pod: String,
         pod_uid: String,
-        prepull: Option<String>,
+        /// The pre-pull pod to mark with the swap's start, and when it was created (for the
+        /// pull duration); `None` when it is marked already (a lost delete asked again).
+        prepull: Option<(String, Timestamp)>,
     },
     /// Record a terminal outcome on the target pod.
     Record { pod: String, outcome: Outcome },
@@ -707,7 +709,7 @@ fn step_target(
                     node: t.node.clone(),
                     pod: pod.name.clone(),
                     pod_uid: pod.uid.clone(),
-                    prepull: Some(pp.name.clone()),
+                    prepull: None,
                 });
                 return;
             }
@@ -746,7 +748,7 @@ fn try_swap(
         node: t.node.clone(),
         pod: pod.name.clone(),
         pod_uid: pod.uid.clone(),
-        prepull: prepull.map(|p| p.name.clone()),
+        prepull: prepull.map(|p| (p.name.clone(), p.created)),
     });
 }
 
