@@ -7,10 +7,10 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Pod};
-use std::collections::HashMap;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
+use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::metrics::RolloutMetrics;

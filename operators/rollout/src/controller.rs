@@ -439,7 +439,14 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     };
     if is_terminal(phase) {
         actor.run(plan.actions.clone()).await?;
-        release(ctx, &ns, spec.target.kind, &uid, phase != RolloutPhase::Aborted).await?;
+        release(
+            ctx,
+            &ns,
+            spec.target.kind,
+            &uid,
+            phase != RolloutPhase::Aborted,
+        )
+        .await?;
         write_status(ctx, job, &old, &status).await?;
     } else {
         write_status(ctx, job, &old, &status).await?;

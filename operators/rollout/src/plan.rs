@@ -293,9 +293,12 @@ pub fn order_targets(targets: &mut [Target]) {
     fn key(t: &Target) -> (&str, &str, &str, i64) {
         match &t.slot {
             Slot::Node => (t.group.as_str(), t.node.as_str(), t.workload.as_str(), 0),
-            Slot::Ordinal { ordinal, .. } => {
-                (t.group.as_str(), t.workload.as_str(), "", -i64::from(*ordinal))
-            }
+            Slot::Ordinal { ordinal, .. } => (
+                t.group.as_str(),
+                t.workload.as_str(),
+                "",
+                -i64::from(*ordinal),
+            ),
             Slot::Workload { .. } => (t.group.as_str(), t.workload.as_str(), "", 0),
         }
     }
@@ -432,7 +435,11 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         .map(|(t, _)| match &t.slot {
             Slot::Workload { pulls, .. } => pulls
                 .iter()
-                .filter(|p| p.prepull.as_ref().is_some_and(|pp| pp.state == PullState::Pulling))
+                .filter(|p| {
+                    p.prepull
+                        .as_ref()
+                        .is_some_and(|pp| pp.state == PullState::Pulling)
+                })
                 .count(),
             _ => 1,
         })

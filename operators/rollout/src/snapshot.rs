@@ -9,9 +9,7 @@ use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::plan::{
-    Direction, NodePull, Outcome, OutcomeKind, PodView, PrePullView, Slot, Target,
-};
+use crate::plan::{Direction, NodePull, Outcome, OutcomeKind, PodView, PrePullView, Slot, Target};
 use crate::prepull;
 
 /// The container a job updates in a pod template: the named one, or the only one.
@@ -370,7 +368,10 @@ fn all_match<'a>(
 
 /// The ordinal of a StatefulSet pod, from its name.
 fn ordinal_of(pod: &str, statefulset: &str) -> Option<i32> {
-    pod.strip_prefix(statefulset)?.strip_prefix('-')?.parse().ok()
+    pod.strip_prefix(statefulset)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
 }
 
 /// The targets of one StatefulSet: one per ordinal below its replicas, each to end on `image`.

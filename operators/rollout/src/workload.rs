@@ -81,14 +81,15 @@ impl Object {
     /// The StatefulSet's rolling-update partition, if it has one.
     pub fn partition(&self) -> Option<i32> {
         match self {
-            Self::StatefulSet(o) => o
-                .spec
-                .as_ref()?
-                .update_strategy
-                .as_ref()?
-                .rolling_update
-                .as_ref()?
-                .partition,
+            Self::StatefulSet(o) => {
+                o.spec
+                    .as_ref()?
+                    .update_strategy
+                    .as_ref()?
+                    .rolling_update
+                    .as_ref()?
+                    .partition
+            }
             _ => None,
         }
     }
@@ -105,7 +106,11 @@ impl Object {
 
 /// Who holds a workload: `(job name, job uid)`.
 pub fn lock_holder(w: &Object) -> Option<(String, String)> {
-    let value = w.meta().annotations.as_ref()?.get(keys::WORKLOAD_LOCK_ANNOTATION)?;
+    let value = w
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(keys::WORKLOAD_LOCK_ANNOTATION)?;
     let (name, uid) = value.split_once('/')?;
     Some((name.to_string(), uid.to_string()))
 }
@@ -295,12 +300,21 @@ pub fn release_patch(w: &Object, job_uid: &str) -> Option<Value> {
                 });
             let mut strategy = serde_json::to_value(strategy).unwrap_or(Value::Null);
             if let Some(obj) = strategy.as_object_mut() {
-                // The job's partition goes unless the original had one of its own.
-                match obj.get_mut("rollingUpdate").and_then(Value::as_object_mut) {
-                    Some(ru) => {
+                match (held_back(w), obj.get_mut("rollingUpdate")) {
+                    // Ordinals left on the old image (failed, blocked, skipped) stay behind the
+                    // partition: giving it up would let the StatefulSet controller swap them
+                    // with no pre-pull, onto a node that perhaps cannot pull.
+                    (Some(partition), Some(Value::Object(ru))) => {
+                        ru.insert("partition".into(), json!(partition));
+                    }
+                    (Some(partition), _) => {
+                        obj.insert("rollingUpdate".into(), json!({"partition": partition}));
+                    }
+                    // Otherwise the job's partition goes, unless the original had its own.
+                    (None, Some(Value::Object(ru))) => {
                         ru.entry("partition").or_insert(Value::Null);
                     }
-                    None => {
+                    (None, _) => {
                         obj.insert("rollingUpdate".into(), Value::Null);
                     }
                 }
@@ -319,6 +333,16 @@ pub fn release_patch(w: &Object, job_uid: &str) -> Option<Value> {
         }),
         None => json!({"metadata": {"annotations": annotations}}),
     })
+}
+
+/// A StatefulSet's partition while some of its pods are not on its template's revision.
+fn held_back(w: &Object) -> Option<i32> {
+    let Object::StatefulSet(sts) = w else {
+        return None;
+    };
+    let updated = sts.status.as_ref()?.updated_replicas.unwrap_or(0);
+    let partition = w.partition().filter(|p| *p > 0)?;
+    (updated < w.replicas()).then_some(partition)
 }
 
 /// Lets go of a workload without finishing it (abort): the lock goes, but a DaemonSet stays
@@ -363,15 +387,12 @@ pub fn changed_by_hand(w: &Object, container: &str, job_uid: &str) -> Option<Str
         ));
     }
     match w {
-        Object::DaemonSet(_) if w.strategy_type().as_deref() != Some("OnDelete") => {
-            Some(format!(
-                "{} update strategy was changed away from OnDelete outside this RolloutJob",
-                w.label()
-            ))
-        }
+        Object::DaemonSet(_) if w.strategy_type().as_deref() != Some("OnDelete") => Some(format!(
+            "{} update strategy was changed away from OnDelete outside this RolloutJob",
+            w.label()
+        )),
         Object::StatefulSet(_)
-            if w.strategy_type().as_deref() != Some("RollingUpdate")
-                || w.partition().is_none() =>
+            if w.strategy_type().as_deref() != Some("RollingUpdate") || w.partition().is_none() =>
         {
             Some(format!(
                 "{} update strategy was changed away from a RollingUpdate partition outside this RolloutJob",
@@ -387,41 +408,47 @@ mod tests {
     use super::*;
 
     fn ds(image: &str, annotations: serde_json::Value, strategy: &str) -> Object {
-        Object::DaemonSet(serde_json::from_value(json!({
-            "metadata": {"name": "toll", "annotations": annotations},
-            "spec": {
-                "selector": {"matchLabels": {"app": "toll"}},
-                "updateStrategy": {"type": strategy},
-                "template": {"spec": {"containers": [{"name": "agent", "image": image}]}}
-            }
-        }))
-        .unwrap())
+        Object::DaemonSet(
+            serde_json::from_value(json!({
+                "metadata": {"name": "toll", "annotations": annotations},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "toll"}},
+                    "updateStrategy": {"type": strategy},
+                    "template": {"spec": {"containers": [{"name": "agent", "image": image}]}}
+                }
+            }))
+            .unwrap(),
+        )
     }
 
     fn sts(image: &str, annotations: serde_json::Value, strategy: serde_json::Value) -> Object {
-        Object::StatefulSet(serde_json::from_value(json!({
-            "metadata": {"name": "db", "annotations": annotations},
-            "spec": {
-                "replicas": 4,
-                "serviceName": "db",
-                "selector": {"matchLabels": {"app": "db"}},
-                "updateStrategy": strategy,
-                "template": {"spec": {"containers": [{"name": "agent", "image": image}]}}
-            }
-        }))
-        .unwrap())
+        Object::StatefulSet(
+            serde_json::from_value(json!({
+                "metadata": {"name": "db", "annotations": annotations},
+                "spec": {
+                    "replicas": 4,
+                    "serviceName": "db",
+                    "selector": {"matchLabels": {"app": "db"}},
+                    "updateStrategy": strategy,
+                    "template": {"spec": {"containers": [{"name": "agent", "image": image}]}}
+                }
+            }))
+            .unwrap(),
+        )
     }
 
     fn deploy(image: &str, annotations: serde_json::Value) -> Object {
-        Object::Deployment(serde_json::from_value(json!({
-            "metadata": {"name": "api", "annotations": annotations},
-            "spec": {
-                "selector": {"matchLabels": {"app": "api"}},
-                "strategy": {"type": "RollingUpdate"},
-                "template": {"spec": {"containers": [{"name": "agent", "image": image}]}}
-            }
-        }))
-        .unwrap())
+        Object::Deployment(
+            serde_json::from_value(json!({
+                "metadata": {"name": "api", "annotations": annotations},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "api"}},
+                    "strategy": {"type": "RollingUpdate"},
+                    "template": {"spec": {"containers": [{"name": "agent", "image": image}]}}
+                }
+            }))
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -465,6 +492,19 @@ mod tests {
         );
         // Abort keeps the partition: nothing rolls on without a pre-pull.
         assert!(freeze_patch(&held, "u1").unwrap().get("spec").is_none());
+        // Ordinals left behind (a failed pull blocked them) stay behind the partition.
+        let Object::StatefulSet(mut partial) = held.clone() else {
+            unreachable!()
+        };
+        partial.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
+            updated_replicas: Some(2),
+            ..Default::default()
+        });
+        let patch = release_patch(&Object::StatefulSet(partial), "u1").unwrap();
+        assert_eq!(
+            patch["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}})
+        );
     }
 
     #[test]
@@ -488,7 +528,10 @@ mod tests {
             "api:2"
         );
         let release = release_patch(&locked, "u1").unwrap();
-        assert!(release.get("spec").is_none(), "the user's strategy is left alone");
+        assert!(
+            release.get("spec").is_none(),
+            "the user's strategy is left alone"
+        );
         assert!(release["metadata"]["annotations"][keys::TARGET_BATCH_ANNOTATION].is_null());
     }
 
