@@ -665,7 +665,7 @@ pub fn ordinal_gates(targets: &[Target], states: &[TargetState]) -> Vec<Gate> {
         }
     }
     for (set, mut ordinals) in by_set {
-        ordinals.sort_by(|a, b| b.0.cmp(&a.0));
+        ordinals.sort_by_key(|o| std::cmp::Reverse(o.0));
         let mut gate = Gate::Open;
         for (ordinal, i) in ordinals {
             gates[i] = gate.clone();

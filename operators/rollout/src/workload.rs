@@ -300,7 +300,13 @@ pub fn release_patch(w: &Object, job_uid: &str) -> Option<Value> {
                 });
             let mut strategy = serde_json::to_value(strategy).unwrap_or(Value::Null);
             if let Some(obj) = strategy.as_object_mut() {
-                match (held_back(w), obj.get_mut("rollingUpdate")) {
+                // An OnDelete StatefulSet swaps nothing by itself: no partition needed (nor
+                // allowed) to hold pods back.
+                let rolling = obj.get("type").and_then(Value::as_str) != Some("OnDelete");
+                match (
+                    held_back(w).filter(|_| rolling),
+                    obj.get_mut("rollingUpdate"),
+                ) {
                     // Ordinals left on the old image (failed, blocked, skipped) stay behind the
                     // partition: giving it up would let the StatefulSet controller swap them
                     // with no pre-pull, onto a node that perhaps cannot pull.
@@ -504,6 +510,26 @@ mod tests {
         assert_eq!(
             patch["spec"]["updateStrategy"],
             json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}})
+        );
+        // An OnDelete original gets no partition back (the API would refuse it).
+        let Object::StatefulSet(mut on_delete) = sts(
+            "db:2",
+            json!({
+                keys::WORKLOAD_LOCK_ANNOTATION: "job/u1",
+                keys::ORIGINAL_STRATEGY_ANNOTATION: r#"{"type":"OnDelete"}"#,
+            }),
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}),
+        ) else {
+            unreachable!()
+        };
+        on_delete.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
+            updated_replicas: Some(2),
+            ..Default::default()
+        });
+        let patch = release_patch(&Object::StatefulSet(on_delete), "u1").unwrap();
+        assert_eq!(
+            patch["spec"]["updateStrategy"],
+            json!({"type": "OnDelete", "rollingUpdate": null})
         );
     }
 
