@@ -444,3 +444,125 @@ async fn an_operator_killed_mid_statefulset_rollout_swaps_each_ordinal_once() {
         assert!(gone.contains_key(&pod.uid().unwrap()));
     }
 }
+
+#[tokio::test]
+async fn a_statefulset_budget_breach_rolls_its_updated_ordinals_back_by_partition() {
+    let bed = bed("stsrollback").await;
+    statefulset(&bed, "db", 4, "station-0").await;
+    let before = pods_by_name(&bed, "db").await;
+    let node_of = |name: &str| {
+        before[name]
+            .spec
+            .as_ref()
+            .unwrap()
+            .node_name
+            .clone()
+            .unwrap()
+    };
+    // Batch 1 (db-3, db-2) goes through; batch 2's db-1 cannot pull.
+    let image = format!(
+        "registry.example/toll/agent:2.0-pull-fail-on-{}",
+        node_of("db-1")
+    );
+    create_job(
+        &bed,
+        "to-v2",
+        "db",
+        &image,
+        serde_json::json!({
+            "target": {"kind": "StatefulSet", "selector": {"matchLabels": {"app": "db"}}},
+            "batches": {"size": 2},
+            "prePull": {"retries": 0},
+            "failurePolicy": {"tolerance": 0, "action": "Rollback"},
+        }),
+    )
+    .await;
+    wait_phase(&bed, "to-v2", RolloutPhase::RolledBack, 240).await;
+    let after = pods_by_name(&bed, "db").await;
+    assert!(after.values().all(|p| image_of(p) == OLD), "not all back");
+    // db-3 and db-2 were swapped there and back; db-1 and db-0 never.
+    let events = bed.pods.events();
+    let mut swaps: BTreeMap<String, String> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.deleting && e.labels.get("app").map(String::as_str) == Some("db"))
+    {
+        swaps.entry(e.uid.clone()).or_insert_with(|| e.name.clone());
+    }
+    let mut per_name: BTreeMap<String, usize> = BTreeMap::new();
+    for name in swaps.values() {
+        *per_name.entry(name.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_name,
+        BTreeMap::from([("db-2".to_string(), 2), ("db-3".to_string(), 2)])
+    );
+    let sts = bed.ns.api::<StatefulSet>().get("db").await.unwrap();
+    let s = strategy(&sts);
+    assert!(
+        s.pointer("/rollingUpdate/partition").is_none_or(|p| p == 0),
+        "{s}"
+    );
+    assert_eq!(
+        sts.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some(OLD)
+    );
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_deployment_rollout_patches_each_deployment_once() {
+    let mut bed = bed("deployrestart").await;
+    let apps = ["w-0", "w-1", "w-2", "w-3"];
+    for app in apps {
+        deployment(
+            &bed,
+            app,
+            "w",
+            1,
+            serde_json::json!({"nodeSelector": {STATION: "station-4"}}),
+        )
+        .await;
+    }
+    create_job(
+        &bed,
+        "to-v2",
+        "",
+        NEW,
+        serde_json::json!({
+            "target": {"kind": "Deployment", "selector": {"matchLabels": {"tier": "w"}}},
+            "batches": {"size": 1},
+        }),
+    )
+    .await;
+    let api: Api<RolloutJob> = bed.ns.api();
+    for delay_ms in [700, 1300, 1900, 900, 1700, 1100] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        bed.operator.restart().unwrap();
+        let phase = api.get("to-v2").await.unwrap().status.map(|s| s.phase);
+        if phase == Some(RolloutPhase::Completed) {
+            break;
+        }
+    }
+    let job = wait_phase(&bed, "to-v2", RolloutPhase::Completed, 240).await;
+    assert_eq!(job.status.unwrap().counts.updated, 4);
+    let events = bed.pods.events();
+    let pulled = pulls(&events);
+    for app in apps {
+        let pods = pods_by_name(&bed, app).await;
+        assert!(
+            pods.values().all(|p| image_of(p) == NEW),
+            "{app} was missed"
+        );
+        // One old pod replaced once; nothing replaced the new one again.
+        assert_eq!(deletions(&events, app).len(), 1, "{app}");
+        let new_at = first_seen_with(&events, app, NEW).unwrap();
+        for node in nodes_with(&events, app, OLD) {
+            assert!(
+                pulled.get(&node).is_some_and(|at| *at <= new_at),
+                "{app}: {node}"
+            );
+        }
+    }
+}
