@@ -5,6 +5,7 @@ mod chart;
 mod crds;
 mod leader;
 mod rollout;
+mod rollout_workloads;
 mod samples;
 mod testbed;
 mod validation;

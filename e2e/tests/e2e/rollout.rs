@@ -13,19 +13,19 @@ use kube::{Client, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-const OLD: &str = "registry.example/toll/agent:1.0";
-const NEW: &str = "registry.example/toll/agent:2.0";
-const STATION: &str = "topology.edgefleet.io/station";
+pub(crate) const OLD: &str = "registry.example/toll/agent:1.0";
+pub(crate) const NEW: &str = "registry.example/toll/agent:2.0";
+pub(crate) const STATION: &str = "topology.edgefleet.io/station";
 const REGION: &str = "topology.edgefleet.io/region";
 
-struct Bed {
-    client: Client,
-    ns: TestNamespace,
-    operator: Operator,
-    pods: PodLog,
+pub(crate) struct Bed {
+    pub(crate) client: Client,
+    pub(crate) ns: TestNamespace,
+    pub(crate) operator: Operator,
+    pub(crate) pods: PodLog,
 }
 
-async fn bed(prefix: &str) -> Bed {
+pub(crate) async fn bed(prefix: &str) -> Bed {
     let client = client().await.unwrap();
     install_crds(&client).await.unwrap();
     let ns = TestNamespace::new(&client, prefix).await.unwrap();
@@ -80,7 +80,13 @@ async fn daemonset(bed: &Bed, name: &str, node_label: (&str, &str)) -> usize {
     nodes
 }
 
-async fn create_job(bed: &Bed, name: &str, app: &str, image: &str, extra: serde_json::Value) {
+pub(crate) async fn create_job(
+    bed: &Bed,
+    name: &str,
+    app: &str,
+    image: &str,
+    extra: serde_json::Value,
+) {
     let mut spec = serde_json::json!({
         "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": app}}},
         "image": image,
@@ -100,7 +106,7 @@ async fn create_job(bed: &Bed, name: &str, app: &str, image: &str, extra: serde_
         .unwrap();
 }
 
-async fn patch_job(bed: &Bed, name: &str, spec: serde_json::Value) {
+pub(crate) async fn patch_job(bed: &Bed, name: &str, spec: serde_json::Value) {
     let api: Api<RolloutJob> = bed.ns.api();
     api.patch(
         name,
@@ -111,7 +117,12 @@ async fn patch_job(bed: &Bed, name: &str, spec: serde_json::Value) {
     .unwrap();
 }
 
-async fn wait_phase(bed: &Bed, name: &str, phase: RolloutPhase, timeout_s: u64) -> RolloutJob {
+pub(crate) async fn wait_phase(
+    bed: &Bed,
+    name: &str,
+    phase: RolloutPhase,
+    timeout_s: u64,
+) -> RolloutJob {
     let api: Api<RolloutJob> = bed.ns.api();
     wait_for(
         &format!("RolloutJob {name} to be {phase:?}"),
@@ -141,7 +152,7 @@ async fn pods_by_node(bed: &Bed, app: &str) -> BTreeMap<String, Pod> {
         .collect()
 }
 
-fn image_of(p: &Pod) -> String {
+pub(crate) fn image_of(p: &Pod) -> String {
     p.spec.as_ref().unwrap().containers[0]
         .image
         .clone()
@@ -149,7 +160,10 @@ fn image_of(p: &Pod) -> String {
 }
 
 /// When each workload pod (by uid) was first seen deleting, and on which node.
-fn deletions(events: &[Seen], app: &str) -> BTreeMap<String, (String, std::time::Instant)> {
+pub(crate) fn deletions(
+    events: &[Seen],
+    app: &str,
+) -> BTreeMap<String, (String, std::time::Instant)> {
     let mut out = BTreeMap::new();
     for e in events {
         if e.deleting && e.labels.get("app").map(String::as_str) == Some(app) {
@@ -169,7 +183,7 @@ fn swaps_per_node(events: &[Seen], app: &str) -> BTreeMap<String, usize> {
 }
 
 /// When the first pre-pull pod on each node was seen with its image pulled (Running in kwok).
-fn pulls(events: &[Seen]) -> BTreeMap<String, std::time::Instant> {
+pub(crate) fn pulls(events: &[Seen]) -> BTreeMap<String, std::time::Instant> {
     let mut out = BTreeMap::new();
     for e in events {
         if e.labels.contains_key(keys::PREPULL_LABEL) && e.running {

@@ -26,11 +26,19 @@ pub mod keys {
     pub const NODE_ANNOTATION: &str = "edgefleet.io/node";
     /// On a pre-pull pod: the 1-based attempt.
     pub const ATTEMPT_ANNOTATION: &str = "edgefleet.io/attempt";
-    /// On a pre-pull pod: RFC 3339 time the old pod was deleted (the swap started).
+    /// On a pre-pull pod: RFC 3339 time the old pod was deleted, or (StatefulSet) the partition
+    /// lowered to its ordinal: the swap started. On a Deployment: `<job uid>@<RFC 3339>`, the
+    /// time the job patched its image.
     pub const SWAPPED_AT_ANNOTATION: &str = "edgefleet.io/swapped-at";
-    /// On a target pod: `<job uid>/<batch key>`, the batch it was chosen for.
+    /// On a pre-pull pod of a StatefulSet or Deployment target: the target slot it pulls for
+    /// (`StatefulSet/<name>/<ordinal>`, `Deployment/<name>@<node>`); absent for DaemonSets,
+    /// whose slot is the node.
+    pub const TARGET_SLOT_ANNOTATION: &str = "edgefleet.io/rollout-target";
+    /// On a target pod (on the Deployment itself for Deployment targets): `<job uid>/<batch
+    /// key>@<RFC 3339>`, the batch it was chosen for.
     pub const TARGET_BATCH_ANNOTATION: &str = "edgefleet.io/rollout-batch";
-    /// On a target pod: `<job uid>/<Reason>: <message>` once it failed or was skipped.
+    /// On a target pod (on the Deployment itself for Deployment targets): `<job uid>/<Reason>:
+    /// <message>` once it failed or was skipped.
     pub const TARGET_OUTCOME_ANNOTATION: &str = "edgefleet.io/rollout-outcome";
     /// On a workload: `<job name>/<job uid>` of the RolloutJob rolling it out (one at a time).
     pub const WORKLOAD_LOCK_ANNOTATION: &str = "edgefleet.io/rollout-job";
@@ -39,7 +47,8 @@ pub mod keys {
     /// On a workload: the image the job last set in its template (a different template image
     /// means someone edited it by hand).
     pub const ROLLOUT_IMAGE_ANNOTATION: &str = "edgefleet.io/rollout-image";
-    /// On a DaemonSet: its update strategy (JSON) before the job switched it to OnDelete.
+    /// On a DaemonSet or StatefulSet: its update strategy (JSON) before the job switched it to
+    /// OnDelete (DaemonSet) or to a RollingUpdate partition (StatefulSet).
     pub const ORIGINAL_STRATEGY_ANNOTATION: &str = "edgefleet.io/original-update-strategy";
 }
 
@@ -390,8 +399,8 @@ pub enum RolloutPhase {
     Failed,
 }
 
-/// Target counts. A target is one pod's slot: a (workload, node) pair for DaemonSets, a pod for
-/// Deployments and StatefulSets.
+/// Target counts. A target is a (workload, node) pair for DaemonSets, one pod ordinal for
+/// StatefulSets, and a whole Deployment for Deployments.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetCounts {

@@ -2,19 +2,22 @@
 //! (an existing pre-pull pod, an already deleted pod, an annotation already set are all fine),
 //! so a restart that repeats an action changes nothing.
 
-use edgefleet_api::rollout::{RolloutJob, keys};
+use edgefleet_api::rollout::{RolloutJob, WorkloadKind, keys};
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
+use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::metrics::RolloutMetrics;
 use crate::plan::{Action, Direction};
 use crate::prepull::{self, PrePullRequest};
 use crate::snapshot::{batch_annotation, outcome_annotation};
+use crate::workload;
 
 /// Most API calls in flight for one job's actions.
 const CONCURRENCY: usize = 16;
@@ -22,6 +25,12 @@ const CONCURRENCY: usize = 16;
 /// What the actions need beside themselves.
 pub struct Actor<'a> {
     pub pods: Api<Pod>,
+    /// The job's workload kind: Deployment targets keep their marks on the Deployment.
+    pub kind: WorkloadKind,
+    pub deployments: Api<Deployment>,
+    pub statefulsets: Api<StatefulSet>,
+    /// The target container per workload name.
+    pub containers: HashMap<String, String>,
     pub job: &'a RolloutJob,
     pub direction: &'a Direction,
     pub pull_secrets: Vec<LocalObjectReference>,
@@ -45,7 +54,7 @@ impl Actor<'_> {
         let now = Timestamp::now();
         match action {
             Action::Choose { pod, batch } => {
-                self.annotate(
+                self.mark(
                     &pod,
                     keys::TARGET_BATCH_ANNOTATION,
                     &batch_annotation(&uid, &batch, now),
@@ -54,6 +63,7 @@ impl Actor<'_> {
             }
             Action::PrePull {
                 node,
+                slot,
                 image,
                 batch,
                 attempt,
@@ -64,6 +74,7 @@ impl Actor<'_> {
                     job_uid: &uid,
                     namespace: &self.job.namespace().unwrap_or_default(),
                     node: &node,
+                    slot: slot.as_deref(),
                     image: &image,
                     batch: &batch,
                     attempt,
@@ -107,8 +118,42 @@ impl Actor<'_> {
                 };
                 ignore_gone(self.pods.delete(&pod, &params).await.map(|_| ()))
             }
+            Action::LowerPartition {
+                statefulset,
+                from,
+                to,
+                prepull,
+            } => {
+                if let Some((pp, created)) = prepull {
+                    // Recorded before the partition moves, as for a pod delete.
+                    self.metrics
+                        .prepull_duration
+                        .observe(now.duration_since(created).as_secs_f64());
+                    self.annotate(&pp, keys::SWAPPED_AT_ANNOTATION, &now.to_string())
+                        .await?;
+                }
+                if from <= to {
+                    return Ok(());
+                }
+                let patch = workload::lower_partition_patch(from, to);
+                let patch: json_patch::Patch = serde_json::from_value(patch)?;
+                self.statefulsets
+                    .patch(&statefulset, &self.params(), &Patch::Json::<()>(patch))
+                    .await?;
+                Ok(())
+            }
+            Action::SetImage { deployment, image } => {
+                let Some(container) = self.containers.get(&deployment) else {
+                    return Ok(());
+                };
+                let patch = workload::set_image_patch(container, &image, &format!("{uid}@{now}"));
+                self.deployments
+                    .patch(&deployment, &self.params(), &Patch::Strategic(&patch))
+                    .await?;
+                Ok(())
+            }
             Action::Record { pod, outcome } => {
-                self.annotate(
+                self.mark(
                     &pod,
                     keys::TARGET_OUTCOME_ANNOTATION,
                     &outcome_annotation(&uid, self.direction, &outcome),
@@ -156,15 +201,32 @@ impl Actor<'_> {
         }
     }
 
-    async fn annotate(&self, pod: &str, key: &str, value: &str) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": {key: value}}});
-        let params = PatchParams {
+    fn params(&self) -> PatchParams {
+        PatchParams {
             field_manager: Some(self.field_manager.to_string()),
             ..PatchParams::default()
-        };
+        }
+    }
+
+    /// A target's mark: on its pod, or on the Deployment for Deployment targets.
+    async fn mark(&self, target: &str, key: &str, value: &str) -> Result<()> {
+        if self.kind != WorkloadKind::Deployment {
+            return self.annotate(target, key, value).await;
+        }
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        ignore_gone(
+            self.deployments
+                .patch(target, &self.params(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+        )
+    }
+
+    async fn annotate(&self, pod: &str, key: &str, value: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
         ignore_gone(
             self.pods
-                .patch(pod, &params, &Patch::Merge(&patch))
+                .patch(pod, &self.params(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ()),
         )

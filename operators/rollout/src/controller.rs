@@ -9,7 +9,7 @@ use edgefleet_api::rollout::{RolloutJob, RolloutJobStatus, RolloutPhase, Workloa
 use edgefleet_kit::{ConditionStatus, ReconcileMetrics, set_condition};
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -193,7 +193,7 @@ pub fn selector_string(selector: &LabelSelector) -> String {
 
 /// One workload the job drives, resolved against the cluster.
 struct Workload {
-    ds: DaemonSet,
+    obj: workload::Object,
     container: String,
     /// The image its targets must end on in the current direction.
     image: String,
@@ -274,11 +274,12 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     }
 
     // Hand edits: never fight a person; pause and say what changed.
+    let mut workloads = workloads;
     let hand_edit = workloads
         .iter()
-        .find_map(|w| workload::changed_by_hand(&w.ds, &w.container, &uid));
+        .find_map(|w| workload::changed_by_hand(&w.obj, &w.container, &uid));
     if hand_edit.is_none() && !aborting {
-        prepare_workloads(ctx, job, &ns, &uid, &workloads).await?;
+        prepare_workloads(ctx, job, &ns, &uid, &mut workloads).await?;
     }
 
     // Snapshot → plan.
@@ -297,16 +298,41 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, &direction);
     let mut targets: Vec<Target> = Vec::new();
     for w in &workloads {
-        targets.extend(snapshot::daemonset_targets(
-            &w.ds,
-            &w.container,
-            &w.image,
-            &direction,
-            job,
-            &all_pods,
-            &nodes,
-            &prepulls,
-        ));
+        match &w.obj {
+            workload::Object::DaemonSet(ds) => targets.extend(snapshot::daemonset_targets(
+                ds,
+                &w.container,
+                &w.image,
+                &direction,
+                job,
+                &all_pods,
+                &nodes,
+                &prepulls,
+            )),
+            workload::Object::StatefulSet(sts) => {
+                targets.extend(snapshot::statefulset_targets(
+                    sts,
+                    w.obj.partition(),
+                    &w.container,
+                    &w.image,
+                    &direction,
+                    job,
+                    &all_pods,
+                    &nodes,
+                    &prepulls,
+                ));
+            }
+            workload::Object::Deployment(d) => targets.extend(snapshot::deployment_target(
+                d,
+                &w.container,
+                &w.image,
+                &direction,
+                job,
+                &all_pods,
+                &nodes,
+                &prepulls,
+            )),
+        }
     }
     plan::order_targets(&mut targets);
 
@@ -398,6 +424,13 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     // terminal status is never looked at again.
     let actor = Actor {
         pods: Api::namespaced(ctx.client.clone(), &ns),
+        kind: spec.target.kind,
+        deployments: Api::namespaced(ctx.client.clone(), &ns),
+        statefulsets: Api::namespaced(ctx.client.clone(), &ns),
+        containers: workloads
+            .iter()
+            .map(|w| (w.obj.name(), w.container.clone()))
+            .collect(),
         job,
         direction: &direction,
         pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
@@ -406,7 +439,14 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     };
     if is_terminal(phase) {
         actor.run(plan.actions.clone()).await?;
-        release(ctx, &ns, &uid, phase != RolloutPhase::Aborted).await?;
+        release(
+            ctx,
+            &ns,
+            spec.target.kind,
+            &uid,
+            phase != RolloutPhase::Aborted,
+        )
+        .await?;
         write_status(ctx, job, &old, &status).await?;
     } else {
         write_status(ctx, job, &old, &status).await?;
@@ -439,38 +479,22 @@ async fn resolve_workloads(
     rolling_back: bool,
 ) -> Result<std::result::Result<Vec<Workload>, Blocked>> {
     let spec = &job.spec;
-    if spec.target.kind != WorkloadKind::DaemonSet {
-        return Ok(Err(Blocked {
-            phase: RolloutPhase::Failed,
-            reason: "UnsupportedKind",
-            message: format!(
-                "{:?} targets are not supported by this version of the rollout operator yet; DaemonSet is",
-                spec.target.kind
-            ),
-            requeue: Duration::from_secs(300),
-        }));
-    }
-    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
+    let kind = spec.target.kind;
     let selector = selector_string(&spec.target.selector);
-    let list = api.list(&ListParams::default().labels(&selector)).await?;
-    if list.items.is_empty() {
+    let list = list_workloads(ctx, ns, kind, &ListParams::default().labels(&selector)).await?;
+    if list.is_empty() {
         return Ok(Err(Blocked {
             phase: RolloutPhase::Pending,
             reason: "NoTargets",
-            message: format!("no DaemonSet in namespace {ns} matches selector {selector:?}"),
+            message: format!("no {kind:?} in namespace {ns} matches selector {selector:?}"),
             requeue: Duration::from_secs(30),
         }));
     }
     let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), ns);
     let mut out = Vec::new();
-    for ds in list.items {
-        let name = ds.name_any();
-        let containers = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
+    for obj in list {
+        let name = obj.name();
+        let containers = obj.containers();
         let container =
             match snapshot::target_container(&containers, spec.target.container.as_deref()) {
                 Ok(c) => c,
@@ -478,12 +502,12 @@ async fn resolve_workloads(
                     return Ok(Err(Blocked {
                         phase: RolloutPhase::Pending,
                         reason: "InvalidTarget",
-                        message: format!("DaemonSet {name} {e}"),
+                        message: format!("{kind:?} {name} {e}"),
                         requeue: Duration::from_secs(60),
                     }));
                 }
             };
-        if let Some((holder, holder_uid)) = workload::lock_holder(&ds)
+        if let Some((holder, holder_uid)) = workload::lock_holder(&obj)
             && holder_uid != uid
             && let Some(other) = jobs.get_opt(&holder).await?
             && other.uid().as_deref() == Some(holder_uid.as_str())
@@ -493,20 +517,20 @@ async fn resolve_workloads(
                 phase: RolloutPhase::Pending,
                 reason: "WaitingForWorkload",
                 message: format!(
-                    "DaemonSet {name} is being rolled out by RolloutJob {holder}; this job starts when it ends"
+                    "{kind:?} {name} is being rolled out by RolloutJob {holder}; this job starts when it ends"
                 ),
                 requeue: Duration::from_secs(10),
             }));
         }
         let image = if rolling_back {
-            match workload::previous_image(&ds) {
+            match workload::previous_image(&obj) {
                 Some(i) => i,
                 None => {
                     return Ok(Err(Blocked {
                         phase: RolloutPhase::Failed,
                         reason: "NoPreviousImage",
                         message: format!(
-                            "DaemonSet {name} has no recorded previous image to roll back to"
+                            "{kind:?} {name} has no recorded previous image to roll back to"
                         ),
                         requeue: Duration::from_secs(300),
                     }));
@@ -516,7 +540,7 @@ async fn resolve_workloads(
             spec.image.clone()
         };
         out.push(Workload {
-            ds,
+            obj,
             container,
             image,
         });
@@ -524,20 +548,81 @@ async fn resolve_workloads(
     Ok(Ok(out))
 }
 
+/// The workloads of `kind` in the namespace (fresh from the API server: few objects).
+async fn list_workloads(
+    ctx: &Context,
+    ns: &str,
+    kind: WorkloadKind,
+    params: &ListParams,
+) -> Result<Vec<workload::Object>> {
+    let client = ctx.client.clone();
+    Ok(match kind {
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client, ns)
+            .list(params)
+            .await?
+            .items
+            .into_iter()
+            .map(workload::Object::DaemonSet)
+            .collect(),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client, ns)
+            .list(params)
+            .await?
+            .items
+            .into_iter()
+            .map(workload::Object::StatefulSet)
+            .collect(),
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client, ns)
+            .list(params)
+            .await?
+            .items
+            .into_iter()
+            .map(workload::Object::Deployment)
+            .collect(),
+    })
+}
+
+/// Strategic-merge patches a workload; returns it as the API server stored it.
+async fn patch_workload(
+    ctx: &Context,
+    ns: &str,
+    w: &workload::Object,
+    patch: &serde_json::Value,
+) -> Result<workload::Object> {
+    let client = ctx.client.clone();
+    let name = w.name();
+    let patch = Patch::Strategic(patch);
+    Ok(match w {
+        workload::Object::DaemonSet(_) => workload::Object::DaemonSet(
+            Api::<DaemonSet>::namespaced(client, ns)
+                .patch(&name, &manager(), &patch)
+                .await?,
+        ),
+        workload::Object::StatefulSet(_) => workload::Object::StatefulSet(
+            Api::<StatefulSet>::namespaced(client, ns)
+                .patch(&name, &manager(), &patch)
+                .await?,
+        ),
+        workload::Object::Deployment(_) => workload::Object::Deployment(
+            Api::<Deployment>::namespaced(client, ns)
+                .patch(&name, &manager(), &patch)
+                .await?,
+        ),
+    })
+}
+
 async fn prepare_workloads(
     ctx: &Context,
     job: &RolloutJob,
     ns: &str,
     uid: &str,
-    workloads: &[Workload],
+    workloads: &mut [Workload],
 ) -> Result<()> {
-    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
     for w in workloads {
         if let Some(patch) =
-            workload::prepare_patch(&w.ds, &job.name_any(), uid, &w.container, &w.image)
+            workload::prepare_patch(&w.obj, &job.name_any(), uid, &w.container, &w.image)
         {
-            api.patch(&w.ds.name_any(), &manager(), &Patch::Strategic(&patch))
-                .await?;
+            // The plan reads the workload as it is now (a StatefulSet's partition).
+            w.obj = patch_workload(ctx, ns, &w.obj, &patch).await?;
         }
     }
     Ok(())
@@ -545,18 +630,21 @@ async fn prepare_workloads(
 
 /// Gives every workload this job holds back — restored when `finished`, frozen as it is when
 /// aborted — and deletes the job's pre-pull pods.
-async fn release(ctx: &Context, ns: &str, uid: &str, finished: bool) -> Result<()> {
-    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
-    let locked = api.list(&ListParams::default()).await?;
-    for ds in locked.items {
+async fn release(
+    ctx: &Context,
+    ns: &str,
+    kind: WorkloadKind,
+    uid: &str,
+    finished: bool,
+) -> Result<()> {
+    for w in list_workloads(ctx, ns, kind, &ListParams::default()).await? {
         let patch = if finished {
-            workload::release_patch(&ds, uid)
+            workload::release_patch(&w, uid)
         } else {
-            workload::freeze_patch(&ds, uid)
+            workload::freeze_patch(&w, uid)
         };
         if let Some(patch) = patch {
-            api.patch(&ds.name_any(), &manager(), &Patch::Strategic(&patch))
-                .await?;
+            patch_workload(ctx, ns, &w, &patch).await?;
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -577,7 +665,7 @@ async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         .status
         .as_ref()
         .is_some_and(|s| matches!(s.phase, RolloutPhase::Completed | RolloutPhase::RolledBack));
-    release(ctx, &ns, &uid, finished).await?;
+    release(ctx, &ns, job.spec.target.kind, &uid, finished).await?;
     Ok(Requeue::await_change())
 }
 

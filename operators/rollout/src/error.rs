@@ -14,6 +14,8 @@ pub enum Error {
     MissingField(&'static str),
     #[error("reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("building a patch: {0}")]
+    Patch(#[from] serde_json::Error),
 }
 
 impl MetricLabel for Error {
@@ -24,6 +26,7 @@ impl MetricLabel for Error {
             Self::Finalizer(_) => "finalizer",
             Self::MissingField(_) => "missing_field",
             Self::Timeout(_) => "timeout",
+            Self::Patch(_) => "patch",
         }
     }
 }

@@ -70,11 +70,13 @@ pub enum OutcomeKind {
     Skipped,
 }
 
-/// One workload pod slot on one node.
+/// One thing the job updates: a DaemonSet's pod slot on one node, a StatefulSet's pod ordinal,
+/// or a whole Deployment (see [`Slot`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
-    /// `DaemonSet/<name>`.
+    /// `<Kind>/<name>`.
     pub workload: String,
+    /// The node of the pod (a Deployment: the first node its pods run on).
     pub node: String,
     /// The image this target must end on.
     pub image: String,
@@ -83,8 +85,58 @@ pub struct Target {
     pub node_ready: bool,
     /// The workload's pod on the node; none while a swap is in flight.
     pub pod: Option<PodView>,
-    /// This job's newest pre-pull pod on the node.
+    /// This job's newest pre-pull pod on the node (DaemonSet and StatefulSet targets).
     pub prepull: Option<PrePullView>,
+    /// How the target is swapped.
+    pub slot: Slot,
+}
+
+/// How a target is swapped, and what that needs to know.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Slot {
+    /// DaemonSet: delete the old pod on the node (the DaemonSet is `OnDelete`).
+    #[default]
+    Node,
+    /// StatefulSet pod `ordinal`: lower the partition to it. A partition cannot skip an
+    /// ordinal, so ordinals go strictly from the highest down, one verified before the next,
+    /// and an ordinal not updated (failed, skipped) blocks every ordinal below it.
+    Ordinal {
+        statefulset: String,
+        ordinal: i32,
+        /// The StatefulSet's partition now (`None`: not a RollingUpdate partition).
+        partition: Option<i32>,
+    },
+    /// Deployment: pre-pull on every node its pods run on, then patch its image; verified when
+    /// its rollout is complete. `pod` is the Deployment itself (marks are its annotations,
+    /// `image` its template's, `ready_since` set once its rollout is complete, `created` the
+    /// swap's start).
+    ///
+    /// The scheduler may place the new pods on nodes other than the pre-pulled ones (a
+    /// rolling update creates pods before old ones go): those pay the pull while starting.
+    Workload {
+        deployment: String,
+        pulls: Vec<NodePull>,
+    },
+}
+
+/// One node a Deployment target pulls on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodePull {
+    pub node: String,
+    pub node_ready: bool,
+    /// This job's newest pre-pull pod for the (Deployment, node).
+    pub prepull: Option<PrePullView>,
+}
+
+impl Slot {
+    /// The pre-pull slot key of a Deployment's pull on `node`.
+    pub fn pull_key(deployment: &str, node: &str) -> String {
+        format!("Deployment/{deployment}@{node}")
+    }
+    /// The pre-pull slot key of a StatefulSet ordinal.
+    pub fn ordinal_key(statefulset: &str, ordinal: i32) -> String {
+        format!("StatefulSet/{statefulset}/{ordinal}")
+    }
 }
 
 /// Which way the job is going: forward to the new image, or back to each workload's previous one.
@@ -141,6 +193,8 @@ pub enum Action {
     /// so nothing is pulled); the old pod is deleted once the record is seen.
     PrePull {
         node: String,
+        /// The slot key it pulls for (StatefulSet and Deployment targets); `None`: the node.
+        slot: Option<String>,
         image: String,
         batch: String,
         attempt: i32,
@@ -155,7 +209,17 @@ pub enum Action {
         /// pull duration); `None` when it is marked already (a lost delete asked again).
         prepull: Option<(String, Timestamp)>,
     },
-    /// Record a terminal outcome on the target pod.
+    /// Record the swap start on the pre-pull pod (if any), then lower the StatefulSet's
+    /// partition from `from` to `to` (nothing when it is not above `to`).
+    LowerPartition {
+        statefulset: String,
+        from: i32,
+        to: i32,
+        prepull: Option<(String, Timestamp)>,
+    },
+    /// Patch a Deployment's container to `image` (its swap).
+    SetImage { deployment: String, image: String },
+    /// Record a terminal outcome on the target pod (the Deployment, for Deployment targets).
     Record { pod: String, outcome: Outcome },
     /// Record a terminal outcome on a pre-pull pod (no target pod left to carry it).
     RecordOnPrePull { prepull: String, outcome: Outcome },
@@ -221,16 +285,24 @@ pub struct Plan {
     pub failures: Vec<(Target, Outcome)>,
 }
 
-/// Sorts targets into rollout order: by group, then node, then workload — deterministic, so a
-/// restarted operator picks the same next batch.
+/// Sorts targets into rollout order — deterministic, so a restarted operator picks the same
+/// next batch: DaemonSet slots by group, node, workload; StatefulSet ordinals by group,
+/// workload, then from the highest ordinal down (the only order a partition allows);
+/// Deployments by group, then name.
 pub fn order_targets(targets: &mut [Target]) {
-    targets.sort_by(|a, b| {
-        (a.group.as_str(), a.node.as_str(), a.workload.as_str()).cmp(&(
-            b.group.as_str(),
-            b.node.as_str(),
-            b.workload.as_str(),
-        ))
-    });
+    fn key(t: &Target) -> (&str, &str, &str, i64) {
+        match &t.slot {
+            Slot::Node => (t.group.as_str(), t.node.as_str(), t.workload.as_str(), 0),
+            Slot::Ordinal { ordinal, .. } => (
+                t.group.as_str(),
+                t.workload.as_str(),
+                "",
+                -i64::from(*ordinal),
+            ),
+            Slot::Workload { .. } => (t.group.as_str(), t.workload.as_str(), "", 0),
+        }
+    }
+    targets.sort_by(|a, b| key(a).cmp(&key(b)));
 }
 
 /// `value` of `total`: a count, or a percentage rounded up (at least 1 when `total > 0`).
@@ -355,10 +427,23 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     let pull_limit = usize::try_from(spec.pre_pull.parallelism)
         .unwrap_or(1)
         .max(1);
-    let mut pulling = states
+    let mut pulling: usize = snap
+        .targets
         .iter()
-        .filter(|s| **s == TargetState::Pulling)
-        .count();
+        .zip(&states)
+        .filter(|(_, s)| **s == TargetState::Pulling)
+        .map(|(t, _)| match &t.slot {
+            Slot::Workload { pulls, .. } => pulls
+                .iter()
+                .filter(|p| {
+                    p.prepull
+                        .as_ref()
+                        .is_some_and(|pp| pp.state == PullState::Pulling)
+                })
+                .count(),
+            _ => 1,
+        })
+        .sum();
     let mut swapping = states
         .iter()
         .filter(|s| **s == TargetState::Swapping)
@@ -373,22 +458,24 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         })
         .max(1);
 
-    for (t, s) in snap.targets.iter().zip(&states) {
+    let gates = ordinal_gates(&snap.targets, &states);
+    for ((t, s), gate) in snap.targets.iter().zip(&states).zip(&gates) {
         let ours = member_batch(dir, t).is_some() || t.prepull.is_some();
         if !ours && *s != TargetState::Swapping {
             continue;
         }
-        step_target(
-            snap,
-            t,
-            s,
-            active,
-            &mut pulling,
+        let mut limits = Limits {
+            pulling: &mut pulling,
             pull_limit,
-            &mut swapping,
+            swapping: &mut swapping,
             swap_limit,
-            &mut out,
-        );
+        };
+        match &t.slot {
+            Slot::Workload { deployment, pulls } => {
+                step_deployment(snap, t, deployment, pulls, s, active, &mut limits, &mut out);
+            }
+            _ => step_target(snap, t, s, gate, active, &mut limits, &mut out),
+        }
     }
 
     // Batch bookkeeping.
@@ -505,6 +592,9 @@ pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
             OutcomeKind::Skipped => TargetState::Skipped,
         };
     }
+    if let Slot::Workload { pulls, .. } = &t.slot {
+        return deployment_state(snap, t, pulls);
+    }
     let swapped = t.prepull.as_ref().is_some_and(|p| p.swapped_at.is_some());
     let Some(pod) = &t.pod else {
         // No pod: either our swap is in flight, or the workload does not run here now.
@@ -548,19 +638,88 @@ pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
     }
 }
 
-/// Decides the next step of one target that is (or was) part of a batch.
-#[allow(clippy::too_many_arguments)]
+/// Whether a StatefulSet ordinal may be swapped, given the ordinals above it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Every ordinal above is done (or it is not an ordinal).
+    Open,
+    /// An ordinal above is still on its way.
+    Closed,
+    /// An ordinal above was not updated: the partition can never pass it.
+    Blocked(String),
+}
+
+/// The gate of every target (see [`Gate`]): one walk per StatefulSet from its highest ordinal.
+pub fn ordinal_gates(targets: &[Target], states: &[TargetState]) -> Vec<Gate> {
+    let mut gates = vec![Gate::Open; targets.len()];
+    let mut by_set: std::collections::HashMap<&str, Vec<(i32, usize)>> =
+        std::collections::HashMap::new();
+    for (i, t) in targets.iter().enumerate() {
+        if let Slot::Ordinal {
+            statefulset,
+            ordinal,
+            ..
+        } = &t.slot
+        {
+            by_set.entry(statefulset).or_default().push((*ordinal, i));
+        }
+    }
+    for (set, mut ordinals) in by_set {
+        ordinals.sort_by_key(|o| std::cmp::Reverse(o.0));
+        let mut gate = Gate::Open;
+        for (ordinal, i) in ordinals {
+            gates[i] = gate.clone();
+            if matches!(gate, Gate::Blocked(_)) {
+                continue;
+            }
+            match states[i] {
+                TargetState::Done => {}
+                TargetState::Failed | TargetState::Skipped => {
+                    gate = Gate::Blocked(format!(
+                        "StatefulSet {set} ordinal {ordinal} above it was not updated, and a partition cannot skip an ordinal"
+                    ));
+                }
+                _ => gate = Gate::Closed,
+            }
+        }
+    }
+    gates
+}
+
+/// Pull and swap slots left in this plan.
+struct Limits<'a> {
+    pulling: &'a mut usize,
+    pull_limit: usize,
+    swapping: &'a mut usize,
+    swap_limit: usize,
+}
+
+/// The pre-pull slot key of a DaemonSet or StatefulSet target.
+fn slot_key(t: &Target) -> Option<String> {
+    match &t.slot {
+        Slot::Ordinal {
+            statefulset,
+            ordinal,
+            ..
+        } => Some(Slot::ordinal_key(statefulset, *ordinal)),
+        _ => None,
+    }
+}
+
+/// Decides the next step of one DaemonSet or StatefulSet target that is (or was) part of a
+/// batch.
 fn step_target(
     snap: &Snapshot<'_>,
     t: &Target,
     state: &TargetState,
+    gate: &Gate,
     active: bool,
-    pulling: &mut usize,
-    pull_limit: usize,
-    swapping: &mut usize,
-    swap_limit: usize,
+    limits: &mut Limits<'_>,
     out: &mut Plan,
 ) {
+    let (pull_limit, swap_limit) = (limits.pull_limit, limits.swap_limit);
+    let pulling = &mut *limits.pulling;
+    let swapping = &mut *limits.swapping;
     let spec = snap.spec;
     let dir = &snap.direction;
     let now = snap.now;
@@ -614,6 +773,10 @@ fn step_target(
             if snap.stop {
                 return;
             }
+            if let Gate::Blocked(message) = gate {
+                skip(t, "Blocked", message, out);
+                return;
+            }
             if !t.node_ready {
                 // offlineNodes: Skip (Wait is its own state). Listed in status like a failure.
                 let outcome = Outcome {
@@ -638,10 +801,12 @@ fn step_target(
                 // pre-pull pod of the image the node already has, marked as swapping.
                 if let Some(pod) = &t.pod
                     && *swapping < swap_limit
+                    && *gate == Gate::Open
                 {
                     *swapping += 1;
                     out.actions.push(Action::PrePull {
                         node: t.node.clone(),
+                        slot: slot_key(t),
                         image: pod.image.clone(),
                         batch,
                         attempt: 1,
@@ -652,6 +817,7 @@ fn step_target(
                 *pulling += 1;
                 out.actions.push(Action::PrePull {
                     node: t.node.clone(),
+                    slot: slot_key(t),
                     image: t.image.clone(),
                     batch,
                     attempt: 1,
@@ -661,6 +827,12 @@ fn step_target(
         }
         TargetState::Pulling => {
             let Some(pp) = &t.prepull else { return };
+            if let Gate::Blocked(message) = gate
+                && !snap.stop
+            {
+                skip(t, "Blocked", message, out);
+                return;
+            }
             let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
             let failure = match &pp.state {
                 PullState::Failed { reason, message } => Some((reason.clone(), message.clone())),
@@ -682,6 +854,7 @@ fn step_target(
                 if active {
                     out.actions.push(Action::PrePull {
                         node: t.node.clone(),
+                        slot: slot_key(t),
                         image: t.image.clone(),
                         batch,
                         attempt: pp.attempt + 1,
@@ -693,25 +866,48 @@ fn step_target(
             }
         }
         TargetState::Pulled => {
-            if active {
+            if let Gate::Blocked(message) = gate
+                && !snap.stop
+            {
+                skip(t, "Blocked", message, out);
+            } else if active && *gate == Gate::Open {
                 try_swap(t, t.prepull.as_ref(), swapping, swap_limit, out);
             }
         }
         TargetState::Swapping => {
             let pp = t.prepull.as_ref();
-            // The old pod may still be there if a delete was lost: ask again (idempotent).
+            // The old pod may still be there if a delete was lost (or the partition was not
+            // lowered): ask again (idempotent).
             if let (Some(pp), Some(pod)) = (pp, &t.pod)
                 && pp.swapped_at.is_some()
                 && pod.image != t.image
                 && !pod.terminating
             {
-                out.actions.push(Action::Swap {
-                    node: t.node.clone(),
-                    pod: pod.name.clone(),
-                    pod_uid: pod.uid.clone(),
-                    prepull: None,
-                });
-                return;
+                match &t.slot {
+                    Slot::Ordinal {
+                        statefulset,
+                        ordinal,
+                        partition: Some(partition),
+                    } if partition > ordinal => {
+                        out.actions.push(Action::LowerPartition {
+                            statefulset: statefulset.clone(),
+                            from: *partition,
+                            to: *ordinal,
+                            prepull: None,
+                        });
+                        return;
+                    }
+                    Slot::Ordinal { .. } => {}
+                    _ => {
+                        out.actions.push(Action::Swap {
+                            node: t.node.clone(),
+                            pod: pod.name.clone(),
+                            pod_uid: pod.uid.clone(),
+                            prepull: None,
+                        });
+                        return;
+                    }
+                }
             }
             // Verification clock: from our swap, else from the new pod's creation (a pod that
             // reached the image without us, e.g. recreated after an eviction).
@@ -741,6 +937,23 @@ fn try_swap(
 ) {
     let Some(pod) = &t.pod else { return };
     if *swapping >= swap_limit {
+        return;
+    }
+    if let Slot::Ordinal {
+        statefulset,
+        ordinal,
+        partition,
+    } = &t.slot
+    {
+        // Not a partition (changed by hand, which pauses the job): nothing to lower.
+        let Some(partition) = partition else { return };
+        *swapping += 1;
+        out.actions.push(Action::LowerPartition {
+            statefulset: statefulset.clone(),
+            from: *partition,
+            to: *ordinal,
+            prepull: prepull.map(|p| (p.name.clone(), p.created)),
+        });
         return;
     }
     *swapping += 1;
@@ -778,6 +991,188 @@ fn fail(t: &Target, reason: &str, message: &str, out: &mut Plan) {
         (None, None) => {}
     }
     out.failures.push((t.clone(), outcome));
+}
+
+fn skip(t: &Target, reason: &str, message: &str, out: &mut Plan) {
+    let outcome = Outcome {
+        kind: OutcomeKind::Skipped,
+        reason: reason.into(),
+        message: message.into(),
+    };
+    if let Some(pod) = &t.pod {
+        out.actions.push(Action::Record {
+            pod: pod.name.clone(),
+            outcome: outcome.clone(),
+        });
+    }
+    if let Some(pp) = &t.prepull {
+        out.actions.push(Action::DeletePrePull {
+            name: pp.name.clone(),
+        });
+    }
+    out.failures.push((t.clone(), outcome));
+}
+
+/// Where a Deployment target stands (its outcome already checked).
+fn deployment_state(snap: &Snapshot<'_>, t: &Target, pulls: &[NodePull]) -> TargetState {
+    let spec = snap.spec;
+    let Some(d) = &t.pod else {
+        return TargetState::Done;
+    };
+    if d.image == t.image {
+        let min_ready = SignedDuration::from_secs(spec.verify.min_ready_seconds);
+        let verified = d
+            .ready_since
+            .is_some_and(|since| since + min_ready <= snap.now);
+        return if verified {
+            TargetState::Done
+        } else {
+            TargetState::Swapping
+        };
+    }
+    if member_batch(&snap.direction, t).is_none() {
+        return TargetState::Pending;
+    }
+    if !t.node_ready && spec.offline_nodes.action == OfflineNodeAction::Wait {
+        return TargetState::WaitingForNode;
+    }
+    let pulled = |p: &NodePull| {
+        p.prepull
+            .as_ref()
+            .is_some_and(|pp| pp.state == PullState::Pulled)
+    };
+    if !spec.pre_pull.enabled || pulls.iter().all(pulled) {
+        TargetState::Pulled
+    } else if pulls.iter().all(|p| p.prepull.is_none()) {
+        TargetState::Chosen
+    } else {
+        TargetState::Pulling
+    }
+}
+
+/// Decides the next step of a Deployment target that is (or was) part of a batch: a pull on
+/// each of its nodes, then one image patch once every node pulled; a node that cannot pull
+/// fails the whole Deployment, which is then never patched.
+#[allow(clippy::too_many_arguments)]
+fn step_deployment(
+    snap: &Snapshot<'_>,
+    t: &Target,
+    deployment: &str,
+    pulls: &[NodePull],
+    state: &TargetState,
+    active: bool,
+    limits: &mut Limits<'_>,
+    out: &mut Plan,
+) {
+    let spec = snap.spec;
+    let dir = &snap.direction;
+    let now = snap.now;
+    let batch = member_batch(dir, t)
+        .map(|n| dir.batch_key(n))
+        .unwrap_or_default();
+    let drop_pulls = |out: &mut Plan| {
+        for pp in pulls.iter().filter_map(|p| p.prepull.as_ref()) {
+            out.actions.push(Action::DeletePrePull {
+                name: pp.name.clone(),
+            });
+        }
+    };
+    match state {
+        TargetState::Done | TargetState::Failed | TargetState::Skipped => drop_pulls(out),
+        TargetState::Pending => {}
+        TargetState::WaitingForNode => {
+            let limit = SignedDuration::from_secs(spec.offline_nodes.wait_seconds.unwrap_or(3600));
+            let chosen_at = t.pod.as_ref().and_then(|p| p.chosen_at);
+            if chosen_at.is_some_and(|at| at + limit <= now) {
+                let message = format!(
+                    "a node of {} stayed NotReady for offlineNodes.waitSeconds ({}s)",
+                    t.workload,
+                    limit.as_secs()
+                );
+                fail(t, "NodeOffline", &message, out);
+            }
+        }
+        TargetState::Chosen | TargetState::Pulling => {
+            if snap.stop {
+                return;
+            }
+            if *state == TargetState::Chosen && !t.node_ready {
+                let offline: Vec<&str> = pulls
+                    .iter()
+                    .filter(|p| !p.node_ready)
+                    .map(|p| p.node.as_str())
+                    .collect();
+                let message = format!("node(s) {} NotReady: skipped", offline.join(", "));
+                skip(t, "NodeOffline", &message, out);
+                return;
+            }
+            let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
+            for p in pulls {
+                let new_pull = |attempt| Action::PrePull {
+                    node: p.node.clone(),
+                    slot: Some(Slot::pull_key(deployment, &p.node)),
+                    image: t.image.clone(),
+                    batch: batch.clone(),
+                    attempt,
+                    swap: false,
+                };
+                let Some(pp) = &p.prepull else {
+                    if active && *limits.pulling < limits.pull_limit {
+                        *limits.pulling += 1;
+                        out.actions.push(new_pull(1));
+                    }
+                    continue;
+                };
+                let failure = match &pp.state {
+                    PullState::Failed { reason, message } => {
+                        Some((reason.clone(), message.clone()))
+                    }
+                    PullState::Pulling if pp.created + timeout <= now => Some((
+                        "PullTimeout".to_string(),
+                        format!("image not pulled within {}s", spec.pre_pull.timeout_seconds),
+                    )),
+                    _ => None,
+                };
+                let Some((reason, message)) = failure else {
+                    continue;
+                };
+                if pp.attempt <= spec.pre_pull.retries {
+                    out.actions.push(Action::DeletePrePull {
+                        name: pp.name.clone(),
+                    });
+                    if active {
+                        out.actions.push(new_pull(pp.attempt + 1));
+                    }
+                } else {
+                    let message = format!("node {}: {reason}: {message}", p.node);
+                    fail(t, "PullFailed", &message, out);
+                    drop_pulls(out);
+                    return;
+                }
+            }
+        }
+        TargetState::Pulled => {
+            if active && *limits.swapping < limits.swap_limit {
+                *limits.swapping += 1;
+                out.actions.push(Action::SetImage {
+                    deployment: deployment.to_string(),
+                    image: t.image.clone(),
+                });
+            }
+        }
+        TargetState::Swapping => {
+            // The clock runs from the swap (recorded with it), else from when it was seen.
+            let since = t.pod.as_ref().map(|d| d.created);
+            let limit = SignedDuration::from_secs(spec.verify.ready_timeout_seconds);
+            if since.is_some_and(|at| at + limit <= now) {
+                let message = format!(
+                    "rollout of {} not complete (every replica updated and Ready) within {}s of the swap",
+                    t.workload, spec.verify.ready_timeout_seconds
+                );
+                fail(t, "NotReady", &message, out);
+            }
+        }
+    }
 }
 
 /// What the failure policy makes of an exceeded budget.
@@ -837,6 +1232,7 @@ mod tests {
             node_ready: true,
             pod: Some(pod(node, OLD)),
             prepull: None,
+            slot: Slot::Node,
         }
     }
 
@@ -898,6 +1294,8 @@ mod tests {
                 Action::Choose { .. } => "choose",
                 Action::PrePull { .. } => "prepull",
                 Action::Swap { .. } => "swap",
+                Action::LowerPartition { .. } => "partition",
+                Action::SetImage { .. } => "set-image",
                 Action::Record { .. } => "record",
                 Action::RecordOnPrePull { .. } => "record-pp",
                 Action::Finish { .. } => "finish",
@@ -1268,6 +1666,357 @@ mod tests {
 }
 
 #[cfg(test)]
+mod workloads {
+    use super::*;
+
+    const NEW: &str = "db:2";
+    const OLD: &str = "db:1";
+
+    fn spec(kind: &str, extra: serde_json::Value) -> RolloutJobSpec {
+        let mut base = serde_json::json!({
+            "target": {"kind": kind, "selector": {"matchLabels": {"app": "db"}}},
+            "image": NEW,
+            "prePull": {"parallelism": 10, "retries": 0, "timeoutSeconds": 60},
+            "verify": {"readyTimeoutSeconds": 30, "minReadySeconds": 5},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn t0() -> Timestamp {
+        "2026-11-21T10:00:00Z".parse().unwrap()
+    }
+
+    fn view(name: &str, image: &str, batch: Option<&str>) -> PodView {
+        PodView {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            image: image.into(),
+            created: t0(),
+            ready_since: Some(t0()),
+            batch: batch.map(Into::into),
+            chosen_at: batch.map(|_| t0()),
+            outcome: None,
+            terminating: false,
+        }
+    }
+
+    fn pulled(name: &str, state: PullState) -> PrePullView {
+        PrePullView {
+            name: name.into(),
+            batch: "1".into(),
+            attempt: 1,
+            created: t0(),
+            state,
+            swapped_at: None,
+            outcome: None,
+        }
+    }
+
+    /// Ordinal `n` of StatefulSet db (partition 4), on node `edge-<n>`.
+    fn ordinal(n: i32, partition: i32, pod: PodView, prepull: Option<PrePullView>) -> Target {
+        Target {
+            workload: "StatefulSet/db".into(),
+            node: format!("edge-{n}"),
+            image: NEW.into(),
+            group: String::new(),
+            node_ready: true,
+            pod: Some(pod),
+            prepull,
+            slot: Slot::Ordinal {
+                statefulset: "db".into(),
+                ordinal: n,
+                partition: Some(partition),
+            },
+        }
+    }
+
+    fn snapshot(spec: &RolloutJobSpec, mut targets: Vec<Target>, batch: i32) -> Snapshot<'_> {
+        order_targets(&mut targets);
+        let size = i64::try_from(targets.len()).unwrap();
+        Snapshot {
+            spec,
+            direction: Direction::FORWARD,
+            targets,
+            current_batch: batch,
+            current_batch_size: if batch == 0 { 0 } else { size },
+            hold: false,
+            stop: false,
+            step_pause_pending: true,
+            now: t0() + SignedDuration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn ordinals_are_batched_from_the_highest_down() {
+        let spec = spec("StatefulSet", serde_json::json!({"batches": {"size": 2}}));
+        let targets = (0..4)
+            .map(|n| ordinal(n, 4, view(&format!("db-{n}"), OLD, None), None))
+            .collect();
+        let p = plan(&snapshot(&spec, targets, 0));
+        let chosen: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Choose { pod, .. } => Some(pod.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chosen, ["db-3", "db-2"]);
+        assert_eq!(p.total_batches, 2);
+    }
+
+    #[test]
+    fn the_partition_passes_one_verified_ordinal_at_a_time() {
+        let spec = spec("StatefulSet", serde_json::json!({"batches": {"size": 4}}));
+        let chosen = |n: i32, partition| {
+            ordinal(
+                n,
+                partition,
+                view(&format!("db-{n}"), OLD, Some("1")),
+                Some(pulled(&format!("pp-{n}"), PullState::Pulled)),
+            )
+        };
+        // Every ordinal pulled: only the highest is swapped.
+        let targets = (0..4).map(|n| chosen(n, 4)).collect();
+        let p = plan(&snapshot(&spec, targets, 1));
+        assert_eq!(
+            p.actions,
+            [Action::LowerPartition {
+                statefulset: "db".into(),
+                from: 4,
+                to: 3,
+                prepull: Some(("pp-3".into(), t0())),
+            }]
+        );
+        // db-3 on the new image but not Ready for minReadySeconds yet: db-2 waits.
+        let mut swapped = chosen(3, 3);
+        swapped.pod = Some(view("db-3", NEW, None));
+        swapped.pod.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(8));
+        swapped.prepull.as_mut().unwrap().swapped_at = Some(t0());
+        let mut targets: Vec<_> = (0..3).map(|n| chosen(n, 3)).collect();
+        targets.push(swapped.clone());
+        assert!(plan(&snapshot(&spec, targets, 1)).actions.is_empty());
+        // Verified: it is finished, with its interruption, and db-2 goes next.
+        swapped.pod.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(2));
+        let mut targets: Vec<_> = (0..3).map(|n| chosen(n, 3)).collect();
+        targets.push(swapped);
+        let p = plan(&snapshot(&spec, targets, 1));
+        assert!(p.actions.contains(&Action::Finish {
+            pod: "db-3".into(),
+            batch: "1".into(),
+            prepull: "pp-3".into(),
+            interruption: Some(SignedDuration::from_secs(2)),
+        }));
+        assert!(p.actions.contains(&Action::LowerPartition {
+            statefulset: "db".into(),
+            from: 3,
+            to: 2,
+            prepull: Some(("pp-2".into(), t0())),
+        }));
+    }
+
+    #[test]
+    fn an_ordinal_not_updated_blocks_every_ordinal_below_it() {
+        let spec = spec(
+            "StatefulSet",
+            serde_json::json!({"batches": {"size": 4}, "failurePolicy": {"tolerance": 1}}),
+        );
+        let mut failed = ordinal(3, 4, view("db-3", OLD, Some("1")), None);
+        failed.pod.as_mut().unwrap().outcome = Some(Outcome {
+            kind: OutcomeKind::Failed,
+            reason: "PullFailed".into(),
+            message: String::new(),
+        });
+        let targets = vec![
+            failed,
+            ordinal(
+                2,
+                4,
+                view("db-2", OLD, Some("1")),
+                Some(pulled("pp-2", PullState::Pulled)),
+            ),
+            ordinal(1, 4, view("db-1", OLD, Some("1")), None),
+        ];
+        let p = plan(&snapshot(&spec, targets, 1));
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::LowerPartition { .. } | Action::PrePull { .. })),
+            "{:?}",
+            p.actions
+        );
+        let blocked: Vec<_> = p
+            .failures
+            .iter()
+            .map(|(t, o)| {
+                (
+                    t.pod.as_ref().unwrap().name.as_str(),
+                    o.reason.as_str(),
+                    o.kind,
+                )
+            })
+            .collect();
+        assert_eq!(
+            blocked,
+            [
+                ("db-2", "Blocked", OutcomeKind::Skipped),
+                ("db-1", "Blocked", OutcomeKind::Skipped)
+            ]
+        );
+        assert!(p.actions.contains(&Action::DeletePrePull {
+            name: "pp-2".into()
+        }));
+    }
+
+    fn deployment(name: &str, nodes: &[(&str, Option<PullState>)], batch: Option<&str>) -> Target {
+        Target {
+            workload: format!("Deployment/{name}"),
+            node: nodes[0].0.into(),
+            image: NEW.into(),
+            group: String::new(),
+            node_ready: true,
+            pod: Some(view(name, OLD, batch)),
+            prepull: None,
+            slot: Slot::Workload {
+                deployment: name.into(),
+                pulls: nodes
+                    .iter()
+                    .map(|(node, state)| NodePull {
+                        node: (*node).into(),
+                        node_ready: true,
+                        prepull: state
+                            .clone()
+                            .map(|s| pulled(&format!("pp-{name}-{node}"), s)),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_deployment_pulls_on_each_of_its_nodes_then_is_patched_once() {
+        let spec = spec("Deployment", serde_json::json!({"batches": {"size": 1}}));
+        let fresh = deployment("api", &[("a", None), ("b", None)], Some("1"));
+        let p = plan(&snapshot(&spec, vec![fresh], 1));
+        let slots: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PrePull { slot, node, .. } => Some((node.as_str(), slot.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                ("a", Some("Deployment/api@a".to_string())),
+                ("b", Some("Deployment/api@b".to_string()))
+            ]
+        );
+        let half = deployment(
+            "api",
+            &[
+                ("a", Some(PullState::Pulled)),
+                ("b", Some(PullState::Pulling)),
+            ],
+            Some("1"),
+        );
+        assert!(plan(&snapshot(&spec, vec![half], 1)).actions.is_empty());
+        let all = deployment(
+            "api",
+            &[
+                ("a", Some(PullState::Pulled)),
+                ("b", Some(PullState::Pulled)),
+            ],
+            Some("1"),
+        );
+        assert_eq!(
+            plan(&snapshot(&spec, vec![all], 1)).actions,
+            [Action::SetImage {
+                deployment: "api".into(),
+                image: NEW.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_deployment_with_a_node_that_cannot_pull_fails_whole_and_is_never_patched() {
+        let spec = spec("Deployment", serde_json::json!({"batches": {"size": 1}}));
+        let failed = PullState::Failed {
+            reason: "ErrImagePull".into(),
+            message: "not found".into(),
+        };
+        let t = deployment(
+            "api",
+            &[("a", Some(PullState::Pulled)), ("b", Some(failed))],
+            Some("1"),
+        );
+        let mut snap = snapshot(&spec, vec![t, deployment("web", &[("c", None)], None)], 1);
+        snap.current_batch_size = 1;
+        let p = plan(&snap);
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::SetImage { .. } | Action::Choose { .. })),
+            "{:?}",
+            p.actions
+        );
+        assert!(p.actions.iter().any(|a| matches!(a,
+            Action::Record { pod, outcome } if pod == "api" && outcome.reason == "PullFailed"
+                && outcome.message.contains("node b"))));
+        for name in ["pp-api-a", "pp-api-b"] {
+            assert!(
+                p.actions
+                    .contains(&Action::DeletePrePull { name: name.into() })
+            );
+        }
+        assert_eq!(p.started_batch, None);
+        // Recorded, the failure breaks the budget (tolerance 0): web is never started.
+        let mut recorded = snap.clone();
+        let d = recorded.targets[0].pod.as_mut().unwrap();
+        d.outcome = Some(Outcome {
+            kind: OutcomeKind::Failed,
+            reason: "PullFailed".into(),
+            message: String::new(),
+        });
+        let p = plan(&recorded);
+        assert!(p.budget_exceeded);
+        assert_eq!(p.started_batch, None);
+    }
+
+    #[test]
+    fn a_deployment_is_done_once_its_rollout_is_complete_for_min_ready() {
+        let spec = spec("Deployment", serde_json::json!({"batches": {"size": 1}}));
+        let mut t = deployment("api", &[("a", Some(PullState::Pulled))], Some("1"));
+        let d = t.pod.as_mut().unwrap();
+        d.image = NEW.into();
+        d.ready_since = None;
+        // Patched, rollout not complete yet: waiting, until the ready timeout (30s) fails it.
+        let mut snap = snapshot(&spec, vec![t.clone()], 1);
+        assert!(plan(&snap).actions.is_empty());
+        snap.now = t0() + SignedDuration::from_secs(31);
+        assert!(
+            plan(&snap).actions.iter().any(
+                |a| matches!(a, Action::Record { outcome, .. } if outcome.reason == "NotReady")
+            )
+        );
+        // Complete since t0 + 4s: verified at t0 + 10s (minReadySeconds 5), pulls dropped.
+        t.pod.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(4));
+        let p = plan(&snapshot(&spec, vec![t], 1));
+        assert!(p.complete);
+        assert_eq!(
+            p.actions,
+            [Action::DeletePrePull {
+                name: "pp-api-a".into()
+            }]
+        );
+    }
+}
+
+#[cfg(test)]
 mod counting {
     use super::*;
 
@@ -1297,6 +2046,7 @@ mod counting {
                 terminating: false,
             }),
             prepull: None,
+            slot: Slot::Node,
         };
         let snap = Snapshot {
             spec: &spec,

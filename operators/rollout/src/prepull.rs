@@ -27,6 +27,8 @@ pub struct PrePullRequest<'a> {
     pub job_uid: &'a str,
     pub namespace: &'a str,
     pub node: &'a str,
+    /// The target slot it pulls for, when not the node (StatefulSet and Deployment targets).
+    pub slot: Option<&'a str>,
     pub image: &'a str,
     /// Batch key, e.g. `3` or `rb-2` for a rollback batch.
     pub batch: &'a str,
@@ -36,14 +38,15 @@ pub struct PrePullRequest<'a> {
     pub pull_secrets: Vec<LocalObjectReference>,
 }
 
-/// The pod name for a (job, node, attempt): deterministic, so a create after a restart finds the
+/// The pod name for a (job, slot, attempt) — the slot is the node for DaemonSet targets:
+/// deterministic, so a create after a restart finds the
 /// pod that already exists instead of starting a second pull.
-pub fn pod_name(job_name: &str, node: &str, attempt: i32) -> String {
+pub fn pod_name(job_name: &str, slot: &str, attempt: i32) -> String {
     let job: String = job_name.chars().take(40).collect();
     format!(
         "{}-pp-{:010x}-{attempt}",
         job.trim_end_matches('-'),
-        fnv1a(node)
+        fnv1a(slot)
     )
 }
 
@@ -54,16 +57,23 @@ pub fn build_pod(req: &PrePullRequest<'_>) -> Pod {
         (keys::JOB_UID_LABEL.to_string(), req.job_uid.to_string()),
         (keys::BATCH_LABEL.to_string(), req.batch.to_string()),
     ]);
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (keys::NODE_ANNOTATION.to_string(), req.node.to_string()),
         (
             keys::ATTEMPT_ANNOTATION.to_string(),
             req.attempt.to_string(),
         ),
     ]);
+    if let Some(slot) = req.slot {
+        annotations.insert(keys::TARGET_SLOT_ANNOTATION.to_string(), slot.to_string());
+    }
     Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(req.job_name, req.node, req.attempt)),
+            name: Some(pod_name(
+                req.job_name,
+                req.slot.unwrap_or(req.node),
+                req.attempt,
+            )),
             namespace: Some(req.namespace.to_string()),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -304,6 +314,7 @@ mod tests {
             job_uid: "u-1",
             namespace: "ns",
             node: "edge-0001",
+            slot: None,
             image: "registry.example/toll:2",
             batch: "1",
             attempt: 1,

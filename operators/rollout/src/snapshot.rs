@@ -3,13 +3,13 @@
 
 use edgefleet_api::rollout::{RolloutJob, keys};
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::plan::{Direction, Outcome, OutcomeKind, PodView, PrePullView, Target};
+use crate::plan::{Direction, NodePull, Outcome, OutcomeKind, PodView, PrePullView, Slot, Target};
 use crate::prepull;
 
 /// The container a job updates in a pod template: the named one, or the only one.
@@ -103,9 +103,10 @@ fn time_of(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> 
     t.map(|t| t.0)
 }
 
-/// A workload pod as the plan sees it.
-pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> PodView {
-    let annotations = pod.annotations();
+/// This job's batch mark (batch key, when chosen) and outcome in an object's annotations.
+type Marks = (Option<String>, Option<Timestamp>, Option<Outcome>);
+
+fn marks(annotations: &BTreeMap<String, String>, job_uid: &str, dir: &Direction) -> Marks {
     let (batch, chosen_at) = match ours(annotations.get(keys::TARGET_BATCH_ANNOTATION), job_uid) {
         Some(v) => {
             let (key, at) = v.split_once('@').unwrap_or((v, ""));
@@ -113,12 +114,24 @@ pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> P
         }
         None => (None, None),
     };
-    let ready_since = pod
-        .status
+    let outcome = ours(annotations.get(keys::TARGET_OUTCOME_ANNOTATION), job_uid)
+        .and_then(|v| parse_outcome(v, dir));
+    (batch, chosen_at, outcome)
+}
+
+/// Since when the pod is Ready, if it is.
+fn ready_since(pod: &Pod) -> Option<Timestamp> {
+    pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
-        .map(|c| time_of(c.last_transition_time.as_ref()).unwrap_or_default());
+        .map(|c| time_of(c.last_transition_time.as_ref()).unwrap_or_default())
+}
+
+/// A workload pod as the plan sees it.
+pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> PodView {
+    let (batch, chosen_at, outcome) = marks(pod.annotations(), job_uid, dir);
+    let ready_since = ready_since(pod);
     PodView {
         name: pod.name_any(),
         uid: pod.uid().unwrap_or_default(),
@@ -131,8 +144,7 @@ pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> P
         ready_since,
         batch,
         chosen_at,
-        outcome: ours(annotations.get(keys::TARGET_OUTCOME_ANNOTATION), job_uid)
-            .and_then(|v| parse_outcome(v, dir)),
+        outcome,
         terminating: pod.metadata.deletion_timestamp.is_some(),
     }
 }
@@ -161,8 +173,9 @@ pub fn prepull_view(pod: &Pod, job_uid: &str, dir: &Direction) -> PrePullView {
     }
 }
 
-/// The job's pre-pull pods by node (the newest attempt per node), and those of the other
-/// direction (to clean up).
+/// The job's pre-pull pods by slot — the node for DaemonSet targets, the
+/// `TARGET_SLOT_ANNOTATION` for the others — (the newest attempt per slot), and those of the
+/// other direction (to clean up).
 pub fn prepull_pods<'a>(
     pods: &'a [Arc<Pod>],
     job: &RolloutJob,
@@ -184,7 +197,12 @@ pub fn prepull_pods<'a>(
             other.push(pod.as_ref());
             continue;
         }
-        let Some(node) = pod.annotations().get(keys::NODE_ANNOTATION).cloned() else {
+        let annotations = pod.annotations();
+        let Some(node) = annotations
+            .get(keys::TARGET_SLOT_ANNOTATION)
+            .or(annotations.get(keys::NODE_ANNOTATION))
+            .cloned()
+        else {
             continue;
         };
         let attempt = |p: &Pod| -> i32 {
@@ -304,9 +322,246 @@ pub fn daemonset_targets(
             node_ready: node.is_some_and(|n| node_ready(n)),
             pod,
             prepull,
+            slot: Slot::Node,
         });
     }
     targets
+}
+
+/// Pods a workload controls (directly, or through its ReplicaSets for a Deployment).
+fn owned_pods<'a>(pods: &'a [Arc<Pod>], owner_uids: &[String]) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && owner_uids.contains(&o.uid))
+        })
+        .map(AsRef::as_ref)
+        .collect()
+}
+
+/// The group of a workload whose pods run on `pod_nodes`: the first (in order) of their
+/// nodes' groupBy values, so a workload spanning groups goes with the first one.
+fn workload_group<'a>(
+    pod_nodes: impl Iterator<Item = &'a String>,
+    nodes: &HashMap<String, Arc<Node>>,
+    group_by: Option<&str>,
+) -> String {
+    let Some(key) = group_by else {
+        return String::new();
+    };
+    pod_nodes
+        .filter_map(|n| nodes.get(n)?.labels().get(key).cloned())
+        .min()
+        .unwrap_or_default()
+}
+
+/// Do all these nodes match the job's nodeSelector? A StatefulSet or Deployment is updated
+/// whole, so it is a target only when every node its pods run on is in the node group.
+fn all_match<'a>(
+    mut pod_nodes: impl Iterator<Item = &'a String>,
+    nodes: &HashMap<String, Arc<Node>>,
+    selector: Option<&BTreeMap<String, String>>,
+) -> bool {
+    pod_nodes.all(|n| nodes.get(n).is_none_or(|node| node_matches(node, selector)))
+}
+
+/// The ordinal of a StatefulSet pod, from its name.
+fn ordinal_of(pod: &str, statefulset: &str) -> Option<i32> {
+    pod.strip_prefix(statefulset)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
+/// The targets of one StatefulSet: one per ordinal below its replicas, each to end on `image`.
+#[allow(clippy::too_many_arguments)]
+pub fn statefulset_targets(
+    sts: &StatefulSet,
+    partition: Option<i32>,
+    container: &str,
+    image: &str,
+    dir: &Direction,
+    job: &RolloutJob,
+    pods: &[Arc<Pod>],
+    nodes: &HashMap<String, Arc<Node>>,
+    prepulls: &HashMap<String, &Pod>,
+) -> Vec<Target> {
+    let uid = job.uid().unwrap_or_default();
+    let name = sts.name_any();
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let mut by_ordinal: BTreeMap<i32, &Pod> = BTreeMap::new();
+    for pod in owned_pods(pods, &[sts.uid().unwrap_or_default()]) {
+        let Some(ordinal) = ordinal_of(&pod.name_any(), &name) else {
+            continue;
+        };
+        let better = by_ordinal.get(&ordinal).is_none_or(|existing| {
+            existing.metadata.deletion_timestamp.is_some()
+                && pod.metadata.deletion_timestamp.is_none()
+        });
+        if better {
+            by_ordinal.insert(ordinal, pod);
+        }
+    }
+    let pod_nodes: Vec<String> = by_ordinal
+        .values()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    if !all_match(pod_nodes.iter(), nodes, job.spec.node_selector.as_ref()) {
+        return Vec::new();
+    }
+    let group = workload_group(
+        pod_nodes.iter(),
+        nodes,
+        job.spec.batches.group_by.as_deref(),
+    );
+    let mut targets = Vec::new();
+    for ordinal in 0..replicas {
+        let pod = by_ordinal.get(&ordinal);
+        let prepull = prepulls
+            .get(&Slot::ordinal_key(&name, ordinal))
+            .map(|p| prepull_view(p, &uid, dir));
+        if pod.is_none() && prepull.as_ref().is_none_or(|p| p.swapped_at.is_none()) {
+            continue;
+        }
+        let node = pod
+            .and_then(|p| p.spec.as_ref()?.node_name.clone())
+            .or_else(|| {
+                prepulls
+                    .get(&Slot::ordinal_key(&name, ordinal))
+                    .and_then(|p| p.annotations().get(keys::NODE_ANNOTATION).cloned())
+            })
+            .unwrap_or_default();
+        targets.push(Target {
+            workload: format!("StatefulSet/{name}"),
+            node_ready: nodes.get(&node).is_some_and(|n| node_ready(n)),
+            node,
+            image: image.to_string(),
+            group: group.clone(),
+            pod: pod.map(|p| pod_view(p, container, &uid, dir)),
+            prepull,
+            slot: Slot::Ordinal {
+                statefulset: name.clone(),
+                ordinal,
+                partition,
+            },
+        });
+    }
+    targets
+}
+
+/// Is the pod one of the Deployment's? Its ReplicaSet owner is named `<deployment>-<its
+/// pod-template-hash>`, which tells `api` from `api-v2` without reading ReplicaSets.
+pub fn deployment_pod(pod: &Pod, deployment: &str) -> bool {
+    let Some(hash) = pod.labels().get("pod-template-hash") else {
+        return false;
+    };
+    let rs = format!("{deployment}-{hash}");
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "ReplicaSet" && o.name == rs)
+}
+
+/// Is the Deployment's rollout complete: its controller saw the latest spec, and every
+/// replica is updated, Ready and available, with no old one left?
+pub fn rolled_out(d: &Deployment) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(s) = &d.status else {
+        return false;
+    };
+    s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && s.replicas.unwrap_or(0) == want
+        && s.updated_replicas.unwrap_or(0) == want
+        && s.ready_replicas.unwrap_or(0) == want
+        && s.available_replicas.unwrap_or(0) == want
+}
+
+/// The target of one Deployment (none when its pods leave the job's node group).
+#[allow(clippy::too_many_arguments)]
+pub fn deployment_target(
+    d: &Deployment,
+    container: &str,
+    image: &str,
+    dir: &Direction,
+    job: &RolloutJob,
+    pods: &[Arc<Pod>],
+    nodes: &HashMap<String, Arc<Node>>,
+    prepulls: &HashMap<String, &Pod>,
+) -> Option<Target> {
+    let uid = job.uid().unwrap_or_default();
+    let name = d.name_any();
+    let live: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && deployment_pod(p, &name))
+        .map(AsRef::as_ref)
+        .collect();
+    let pod_nodes: std::collections::BTreeSet<String> = live
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    if !all_match(pod_nodes.iter(), nodes, job.spec.node_selector.as_ref()) {
+        return None;
+    }
+    let template_image = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| container_image(&s.containers, container))
+        .unwrap_or_default();
+    let annotations = d.annotations();
+    let (batch, chosen_at, outcome) = marks(annotations, &uid, dir);
+    let swapped_at = annotations
+        .get(keys::SWAPPED_AT_ANNOTATION)
+        .and_then(|v| v.strip_prefix(uid.as_str())?.strip_prefix('@'))
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    // Ready once the rollout is complete, since its last pod became Ready.
+    let ready_since = rolled_out(d).then(|| {
+        live.iter()
+            .filter_map(|p| ready_since(p))
+            .max()
+            .or(swapped_at)
+            .unwrap_or_default()
+    });
+    let view = PodView {
+        name: name.clone(),
+        uid: d.uid().unwrap_or_default(),
+        image: template_image,
+        created: swapped_at
+            .or(time_of(d.metadata.creation_timestamp.as_ref()))
+            .unwrap_or_default(),
+        ready_since,
+        batch,
+        chosen_at,
+        outcome,
+        terminating: false,
+    };
+    let pulls: Vec<NodePull> = pod_nodes
+        .iter()
+        .map(|node| NodePull {
+            node: node.clone(),
+            node_ready: nodes.get(node).is_some_and(|n| node_ready(n)),
+            prepull: prepulls
+                .get(&Slot::pull_key(&name, node))
+                .map(|p| prepull_view(p, &uid, dir)),
+        })
+        .collect();
+    Some(Target {
+        workload: format!("Deployment/{name}"),
+        node: pod_nodes.first().cloned().unwrap_or_default(),
+        image: image.to_string(),
+        group: workload_group(
+            pod_nodes.iter(),
+            nodes,
+            job.spec.batches.group_by.as_deref(),
+        ),
+        node_ready: pulls.iter().all(|p| p.node_ready),
+        pod: Some(view),
+        prepull: None,
+        slot: Slot::Workload {
+            deployment: name,
+            pulls,
+        },
+    })
 }
 
 #[cfg(test)]
