@@ -352,7 +352,23 @@ impl Worker {
         }
 
         let results: Vec<Result<Done>> = futures::stream::iter(&plan.actions)
-            .map(|a| act::run(&self.client, a))
+            .map(|a| async move {
+                let done = act::run(&self.client, a).await;
+                if let (
+                    Ok(Done::Resynced),
+                    plan::Action::Resync {
+                        namespace,
+                        name,
+                        at,
+                    },
+                ) = (&done, a)
+                {
+                    self.shared
+                        .lock_index()
+                        .note_resync(&(namespace.clone(), name.clone()), *at);
+                }
+                done
+            })
             .buffer_unordered(self.writes_per_node)
             .collect()
             .await;

@@ -357,8 +357,15 @@ impl Index {
 
     /// Records a sync (`None`: gone). Status-only changes (an ACK) affect no node: nothing the
     /// operator decides changes with them until the resync window, which is already scheduled.
-    pub fn set_sync(&mut self, key: Key, entry: Option<SyncEntry>) -> Touched {
+    pub fn set_sync(&mut self, key: Key, mut entry: Option<SyncEntry>) -> Touched {
         let old = self.syncs.remove(&key);
+        // A resync asked for is remembered ahead of the watch (see `note_resync`): an event
+        // from before the ask must not make it look unasked, or it would be asked twice.
+        if let (Some(o), Some(n)) = (&old, entry.as_mut())
+            && o.created == n.created
+        {
+            n.resync_requested = n.resync_requested.max(o.resync_requested);
+        }
         let mut touched = Touched::default();
         let structural = |s: &SyncEntry| {
             (
@@ -384,6 +391,13 @@ impl Index {
             self.syncs.insert(key, n);
         }
         touched
+    }
+
+    /// Records a resync the operator just asked for, before its watch event arrives.
+    pub fn note_resync(&mut self, key: &Key, at: Timestamp) {
+        if let Some(s) = self.syncs.get_mut(key) {
+            s.resync_requested = s.resync_requested.max(Some(at));
+        }
     }
 
     pub fn sync_keys(&self) -> Vec<Key> {
@@ -721,6 +735,25 @@ mod tests {
         assert_eq!(index.syncs_of("a").len(), 1);
         assert_eq!(nodes(&index.set_sync(key("a.u"), None).now), ["a"]);
         assert!(index.syncs_of("a").is_empty());
+    }
+
+    #[test]
+    fn a_resync_asked_for_is_not_forgotten_by_an_older_event() {
+        let mut index = Index::new();
+        let s = sync("a.u", "a");
+        index.set_sync(key("a.u"), Some(s.clone()));
+        index.note_resync(&key("a.u"), t(5));
+        // An event from before the ask (no annotation yet) arrives late.
+        index.set_sync(key("a.u"), Some(s.clone()));
+        assert_eq!(index.syncs_of("a")[0].resync_requested, Some(t(5)));
+        // A sync deleted and created anew starts afresh.
+        index.set_sync(key("a.u"), None);
+        let recreated = SyncEntry {
+            created: Some(t(10)),
+            ..s
+        };
+        index.set_sync(key("a.u"), Some(recreated));
+        assert_eq!(index.syncs_of("a")[0].resync_requested, None);
     }
 
     #[test]
