@@ -230,6 +230,44 @@ impl Bed {
     }
 }
 
+/// A failed test leaves no node behind, and no finalizer that would keep its namespace
+/// Terminating forever (no hub, and the operator is stopped before the bed is dropped).
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if std::env::var("EDGEFLEET_E2E_KEEP").as_deref() == Ok("1") {
+            return;
+        }
+        let kubectl = |args: &[&str]| {
+            std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(edgefleet_e2e::kubeconfig_path())
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+        };
+        if !self.nodes.is_empty() {
+            let mut args = vec!["delete", "node", "--ignore-not-found", "--wait=false"];
+            args.extend(self.nodes.iter().map(String::as_str));
+            kubectl(&args);
+        }
+        let names = kubectl(&["get", "objectsyncs", "-n", &self.ns.name, "-o", "name"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in names.lines().filter(|l| !l.is_empty()) {
+            kubectl(&[
+                "patch",
+                "-n",
+                &self.ns.name,
+                name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+    }
+}
+
 fn labels_of(s: &ObjectSync) -> BTreeMap<String, String> {
     s.labels().clone()
 }
