@@ -268,6 +268,29 @@ impl Drop for Bed {
     }
 }
 
+/// The operator's `/metrics` (its address is in its log: it listens on a free port).
+fn scrape(operator: &Operator) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let log = operator.log();
+    let addr = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+        .expect("the operator logs its metrics address");
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("edgefleet_objectsync_"))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn labels_of(s: &ObjectSync) -> BTreeMap<String, String> {
     s.labels().clone()
 }
@@ -492,7 +515,16 @@ async fn objectsync_asks_for_a_resync_of_trailing_deliveries_after_the_window() 
         "asked again after the ACK"
     );
 
-    // A late ACK of an older version is the hub's to refuse; the operator keeps working.
+    let metrics = scrape(&operator);
+    assert!(
+        metrics["edgefleet_objectsync_resyncs_total"] >= 2.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics["edgefleet_objectsync_created_total"] >= 3.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["edgefleet_objectsync_leader"], 1.0);
     bed.finish(operator).await;
 }
 

@@ -458,3 +458,84 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Live, NodeEntry, PodEntry, SyncEntry};
+    use crate::refs::Kind;
+
+    fn window() -> Window {
+        Window {
+            resend: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+
+    fn sync(uid: &str, acked: Option<&str>, created_ago: i64, deleting: bool) -> SyncEntry {
+        let now = Timestamp::now();
+        SyncEntry {
+            namespace: "ns".into(),
+            name: format!("a.{uid}"),
+            node: "a".into(),
+            uid: uid.into(),
+            kind: Some(Kind::Pod),
+            object_name: uid.into(),
+            acked: acked.map(Into::into),
+            last_attempt: None,
+            created: Some(now - jiff::SignedDuration::from_secs(created_ago)),
+            resync_requested: None,
+            deleting,
+            finalizers: vec![plan::FINALIZER.into()],
+            adopted: true,
+        }
+    }
+
+    #[test]
+    fn the_census_counts_syncs_by_state() {
+        let registry = prometheus::Registry::new();
+        let shared = Shared::new(window(), SyncMetrics::register(&registry).unwrap());
+        {
+            let mut index = shared.lock_index();
+            index.set_node("a", Some(NodeEntry { edge: true }));
+            let long_ago = Timestamp::now() - jiff::SignedDuration::from_secs(3600);
+            for (uid, rv) in [("p1", "5"), ("p2", "5"), ("p3", "5"), ("p4", "x")] {
+                index.set_pod(
+                    ("ns".into(), uid.into()),
+                    Some(PodEntry {
+                        live: Live {
+                            uid: uid.into(),
+                            rv: rv.into(),
+                            changed: long_ago,
+                        },
+                        node: "a".into(),
+                        refs: vec![],
+                    }),
+                );
+            }
+            for s in [
+                sync("p1", Some("5"), 100, false), // delivered
+                sync("p2", Some("4"), 5, false),   // pending: within the window
+                sync("p3", None, 100, false),      // stale
+                sync("p4", Some("y"), 100, false), // unordered
+                sync("gone", None, 100, false),    // untracked
+                sync("p5", None, 100, true),       // deleting
+            ] {
+                index.set_sync(("ns".into(), s.name.clone()), Some(s));
+            }
+        }
+        census(&shared);
+        let m = &shared.metrics;
+        for (state, n) in [
+            ("delivered", 1),
+            ("pending", 1),
+            ("stale", 1),
+            ("unordered", 1),
+            ("untracked", 1),
+            ("deleting", 1),
+        ] {
+            assert_eq!(m.syncs.with_label_values(&[state]).get(), n, "{state}");
+        }
+        assert_eq!(m.stale.get(), 1);
+    }
+}
