@@ -33,6 +33,8 @@ pub async fn install_chart() -> Result<()> {
                     "--create-namespace",
                     "--set",
                     "operators.rollout.replicas=0",
+                    "--set",
+                    "operators.objectsync.replicas=0",
                     "--wait",
                     "--timeout",
                     "60s",
@@ -98,12 +100,22 @@ pub struct Operator {
     log: PathBuf,
     kubeconfig: PathBuf,
     starts: u32,
+    extra_args: Vec<String>,
 }
 
 impl Operator {
     /// Starts `edgefleet-<component>` as the chart's ServiceAccount for it, watching
     /// `namespace` only, with its Lease in the system namespace.
     pub async fn start(component: &str, namespace: &str) -> Result<Self> {
+        Self::start_with_args(component, namespace, &[]).await
+    }
+
+    /// [`Operator::start`] with operator-specific flags (e.g. a short resend window).
+    pub async fn start_with_args(
+        component: &str,
+        namespace: &str,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         install_chart().await?;
         let name = format!("edgefleet-{component}");
         let kubeconfig = serviceaccount_kubeconfig(
@@ -120,6 +132,7 @@ impl Operator {
             log,
             kubeconfig,
             starts: 0,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         op.spawn()?;
         Ok(op)
@@ -133,7 +146,10 @@ impl Operator {
         self.starts += 1;
         let child = Command::new(binary(&self.name)?)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,edgefleet_rollout=debug")
+            .env(
+                "RUST_LOG",
+                "info,edgefleet_rollout=debug,edgefleet_objectsync=debug",
+            )
             .args([
                 "--metrics-addr=127.0.0.1:0",
                 "--log-format=text",
@@ -151,6 +167,7 @@ impl Operator {
                     self.name, self.watch_namespace, self.starts
                 ),
             ])
+            .args(&self.extra_args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

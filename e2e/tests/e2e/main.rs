@@ -4,6 +4,7 @@
 mod chart;
 mod crds;
 mod leader;
+mod objectsync;
 mod rollout;
 mod rollout_workloads;
 mod samples;
