@@ -33,6 +33,8 @@ pub async fn install_chart() -> Result<()> {
                     "--create-namespace",
                     "--set",
                     "operators.rollout.replicas=0",
+                    "--set",
+                    "operators.hub.replicas=0",
                     "--wait",
                     "--timeout",
                     "60s",
@@ -98,13 +100,37 @@ pub struct Operator {
     log: PathBuf,
     kubeconfig: PathBuf,
     starts: u32,
+    extra_args: Vec<String>,
+    /// Tells apart instances of one component in one namespace ("" for the first kind).
+    tag: String,
 }
+
+static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Operator {
     /// Starts `edgefleet-<component>` as the chart's ServiceAccount for it, watching
     /// `namespace` only, with its Lease in the system namespace.
     pub async fn start(component: &str, namespace: &str) -> Result<Self> {
+        Self::start_with_args(component, namespace, &[]).await
+    }
+
+    /// [`Operator::start`] with flags of the operator's own (e.g. the hub's `--listen`).
+    /// `--identity` is made unique per instance: two instances of one component may run in one
+    /// namespace (two hub replicas).
+    pub async fn start_with_args(
+        component: &str,
+        namespace: &str,
+        extra_args: &[String],
+    ) -> Result<Self> {
         install_chart().await?;
+        let tag = if extra_args.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "-i{}",
+                INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        };
         let name = format!("edgefleet-{component}");
         let kubeconfig = serviceaccount_kubeconfig(
             &format!("{RELEASE}-{component}"),
@@ -112,7 +138,7 @@ impl Operator {
         )?;
         let log = repo_root()
             .join("hack/.cluster/logs")
-            .join(format!("e2e-{namespace}-{component}.log"));
+            .join(format!("e2e-{namespace}-{component}{tag}.log"));
         let mut op = Self {
             name,
             watch_namespace: namespace.to_string(),
@@ -120,6 +146,8 @@ impl Operator {
             log,
             kubeconfig,
             starts: 0,
+            extra_args: extra_args.to_vec(),
+            tag,
         };
         op.spawn()?;
         Ok(op)
@@ -133,7 +161,11 @@ impl Operator {
         self.starts += 1;
         let child = Command::new(binary(&self.name)?)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,edgefleet_rollout=debug")
+            .env(
+                "RUST_LOG",
+                "info,edgefleet_rollout=debug,edgefleet_hub=debug",
+            )
+            .args(self.extra_args.iter())
             .args([
                 "--metrics-addr=127.0.0.1:0",
                 "--log-format=text",
@@ -147,8 +179,8 @@ impl Operator {
                 "--lease-grace-seconds=2",
                 &format!("--watch-namespace={}", self.watch_namespace),
                 &format!(
-                    "--identity={}-{}-{}",
-                    self.name, self.watch_namespace, self.starts
+                    "--identity={}-{}{}-{}",
+                    self.name, self.watch_namespace, self.tag, self.starts
                 ),
             ])
             .stdout(log.try_clone()?)

@@ -121,6 +121,8 @@ struct SyncIndex {
     by_node: HashMap<String, HashSet<(String, String)>>,
     /// object UID → nodes with a sync for it.
     by_uid: HashMap<String, HashSet<String>>,
+    /// (namespace, name) → what last triggered a re-queue: resync annotation, deleting.
+    seen: HashMap<(String, String), (Option<String>, bool)>,
 }
 
 impl SyncIndex {
@@ -135,7 +137,21 @@ impl SyncIndex {
             .insert(node.to_string());
     }
 
+    /// Records a sync's triggers; `true` when it is new or a trigger changed (a new resync
+    /// annotation, a deletionTimestamp). Status-only changes — our own ACK and give-up patches
+    /// among them — are not triggers: a given-up message is left to the objectsync resync.
+    fn triggers(&mut self, sync: &ObjectSync, ns: &str, name: &str) -> bool {
+        let now = (
+            sync.annotations().get(RESYNC_ANNOTATION).cloned(),
+            sync.metadata.deletion_timestamp.is_some(),
+        );
+        self.seen
+            .insert((ns.to_string(), name.to_string()), now.clone())
+            != Some(now)
+    }
+
     fn remove(&mut self, node: &str, uid: &str, ns: &str, name: &str) {
+        self.seen.remove(&(ns.to_string(), name.to_string()));
         if let Some(set) = self.by_node.get_mut(node) {
             set.remove(&(ns.to_string(), name.to_string()));
             if set.is_empty() {
@@ -235,12 +251,17 @@ impl Caches {
 
     fn rebuild_index(&self) {
         let mut index = SyncIndex::default();
+        let mut guard = lock(&self.index);
         for sync in self.syncs.state() {
             if let Some((node, uid, ns, name)) = keys(&sync) {
                 index.add(node, uid, &ns, &name);
+                let key = (ns, name);
+                if let Some(seen) = guard.seen.remove(&key) {
+                    index.seen.insert(key, seen);
+                }
             }
         }
-        *lock(&self.index) = index;
+        *guard = index;
     }
 }
 
@@ -359,17 +380,17 @@ impl Hub {
         let Some((node, uid, ns, name)) = keys(sync) else {
             return;
         };
-        {
+        let evaluate = {
             let mut index = lock(&self.caches.index);
             if deleted {
                 index.remove(node, uid, &ns, &name);
+                false
             } else {
                 index.add(node, uid, &ns, &name);
+                index.triggers(sync, &ns, &name)
             }
-        }
-        if !deleted {
-            // Covers a new sync, a deletionTimestamp, a resync annotation change and our own
-            // status patches (which find nothing trailing).
+        };
+        if evaluate {
             self.evaluate(sync, None);
         }
     }

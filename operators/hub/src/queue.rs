@@ -130,6 +130,12 @@ impl<T: Clone> NodeQueue<T> {
         {
             return Pushed::Duplicate;
         }
+        // The edge has (or is about to have) an earlier version: this one updates it.
+        let op = if op == Op::Insert && self.in_flight.contains_key(uid) {
+            Op::Update
+        } else {
+            op
+        };
         if let Some(p) = self.pending.get_mut(uid) {
             if p.op == op && p.rv == rv {
                 return Pushed::Duplicate;
@@ -347,13 +353,14 @@ mod tests {
         let p = q.poll(t, 10);
         assert_eq!(rvs(&p), vec![("a".into(), "1".into())]);
         let first = p.send[0].msg_id.clone();
-        // Two updates while v1 is unacked: v2 is replaced by v3 before it is ever sent.
-        assert_eq!(q.push("a", Op::Update, "2", "v2", t), Pushed::Queued);
+        // Two changes while v1 is unacked (planned as inserts: nothing acked yet): v2 is
+        // replaced by v3 before it is ever sent, and goes out as an update.
+        assert_eq!(q.push("a", Op::Insert, "2", "v2", t), Pushed::Queued);
         assert!(
             q.poll(t, 10).send.is_empty(),
             "one message per UID in flight"
         );
-        assert_eq!(q.push("a", Op::Update, "3", "v3", t), Pushed::Superseded);
+        assert_eq!(q.push("a", Op::Insert, "3", "v3", t), Pushed::Superseded);
         assert_eq!(q.push("a", Op::Update, "2", "v2", t), Pushed::Stale);
         let acked = q.ack(&first).unwrap();
         assert_eq!((acked.rv.as_str(), acked.op), ("1", Op::Insert));
