@@ -231,7 +231,7 @@ struct Session {
 /// What the edge saw: a message, or the session's close code.
 #[derive(Debug)]
 enum Got {
-    Msg(Message),
+    Msg(Box<Message>),
     Closed(Option<u16>),
 }
 
@@ -256,7 +256,7 @@ impl Session {
                 Ok(None) => return Some(Got::Closed(None)),
                 Ok(Some(Err(_))) => return Some(Got::Closed(None)),
                 Ok(Some(Ok(WsMessage::Text(t)))) => {
-                    return Some(Got::Msg(Message::parse(t.as_str()).unwrap()));
+                    return Some(Got::Msg(Box::new(Message::parse(t.as_str()).unwrap())));
                 }
                 Ok(Some(Ok(WsMessage::Close(f)))) => {
                     return Some(Got::Closed(f.map(|f| u16::from(f.code))));
@@ -274,7 +274,7 @@ impl Session {
                 .checked_duration_since(Instant::now())
                 .ok_or_else(|| anyhow!("no message for {resource} within {timeout:?}"))?;
             match self.next(left).await {
-                Some(Got::Msg(m)) if m.route.resource == resource => return Ok(m),
+                Some(Got::Msg(m)) if m.route.resource == resource => return Ok(*m),
                 Some(Got::Msg(_)) => continue,
                 Some(Got::Closed(c)) => bail!("session closed ({c:?}) waiting for {resource}"),
                 None => bail!("no message for {resource} within {timeout:?}"),
@@ -325,7 +325,7 @@ impl Session {
                 .checked_duration_since(Instant::now())
                 .context("no reply")?;
             match self.next(left).await {
-                Some(Got::Msg(m)) if m.header.parent_id == msg.header.id => return Ok(m),
+                Some(Got::Msg(m)) if m.header.parent_id == msg.header.id => return Ok(*m),
                 Some(Got::Msg(_)) => continue,
                 other => bail!("no reply to {resource}: {other:?}"),
             }
@@ -404,13 +404,11 @@ async fn cleanup_nodes(client: &Client, nodes: &[String]) {
     }
 }
 
-fn token_of(client: &Client) -> impl std::future::Future<Output = Result<String>> + '_ {
-    async move {
-        wait_for("the bootstrap token", Duration::from_secs(30), || async {
-            Ok(secret_value(client, TOKEN_SECRET, TOKEN_KEY).await.ok())
-        })
-        .await
-    }
+async fn token_of(client: &Client) -> Result<String> {
+    wait_for("the bootstrap token", Duration::from_secs(30), || async {
+        Ok(secret_value(client, TOKEN_SECRET, TOKEN_KEY).await.ok())
+    })
+    .await
 }
 
 /// Delivery: only to the node whose sync names the object; latest wins while unacked (the
