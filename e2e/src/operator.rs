@@ -34,6 +34,8 @@ pub async fn install_chart() -> Result<()> {
                     "--set",
                     "operators.rollout.replicas=0",
                     "--set",
+                    "operators.hub.replicas=0",
+                    "--set",
                     "operators.objectsync.replicas=0",
                     "--wait",
                     "--timeout",
@@ -101,7 +103,11 @@ pub struct Operator {
     kubeconfig: PathBuf,
     starts: u32,
     extra_args: Vec<String>,
+    /// Tells apart instances of one component in one namespace ("" for the first kind).
+    tag: String,
 }
+
+static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Operator {
     /// Starts `edgefleet-<component>` as the chart's ServiceAccount for it, watching
@@ -110,13 +116,23 @@ impl Operator {
         Self::start_with_args(component, namespace, &[]).await
     }
 
-    /// [`Operator::start`] with operator-specific flags (e.g. a short resend window).
+    /// [`Operator::start`] with flags of the operator's own (e.g. the hub's `--listen`).
+    /// `--identity` is made unique per instance: two instances of one component may run in one
+    /// namespace (two hub replicas).
     pub async fn start_with_args(
         component: &str,
         namespace: &str,
-        extra_args: &[&str],
+        extra_args: &[String],
     ) -> Result<Self> {
         install_chart().await?;
+        let tag = if extra_args.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "-i{}",
+                INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        };
         let name = format!("edgefleet-{component}");
         let kubeconfig = serviceaccount_kubeconfig(
             &format!("{RELEASE}-{component}"),
@@ -124,7 +140,7 @@ impl Operator {
         )?;
         let log = repo_root()
             .join("hack/.cluster/logs")
-            .join(format!("e2e-{namespace}-{component}.log"));
+            .join(format!("e2e-{namespace}-{component}{tag}.log"));
         let mut op = Self {
             name,
             watch_namespace: namespace.to_string(),
@@ -132,7 +148,8 @@ impl Operator {
             log,
             kubeconfig,
             starts: 0,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            extra_args: extra_args.to_vec(),
+            tag,
         };
         op.spawn()?;
         Ok(op)
@@ -148,8 +165,9 @@ impl Operator {
             .env("KUBECONFIG", &self.kubeconfig)
             .env(
                 "RUST_LOG",
-                "info,edgefleet_rollout=debug,edgefleet_objectsync=debug",
+                "info,edgefleet_rollout=debug,edgefleet_hub=debug,edgefleet_objectsync=debug",
             )
+            .args(self.extra_args.iter())
             .args([
                 "--metrics-addr=127.0.0.1:0",
                 "--log-format=text",
@@ -163,11 +181,10 @@ impl Operator {
                 "--lease-grace-seconds=2",
                 &format!("--watch-namespace={}", self.watch_namespace),
                 &format!(
-                    "--identity={}-{}-{}",
-                    self.name, self.watch_namespace, self.starts
+                    "--identity={}-{}{}-{}",
+                    self.name, self.watch_namespace, self.tag, self.starts
                 ),
             ])
-            .args(&self.extra_args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

@@ -63,7 +63,7 @@ readinessProbe:
   failureThreshold: 2
 {{- end -}}
 
-{{/* The pod spec of an operator: restricted security, probes, metrics port. (dict "root" $ "name" NAME "command" LIST) */}}
+{{/* The pod spec of an operator: restricted security, probes, metrics port. (dict "root" $ "name" NAME "command" LIST, optional "args" LIST and "ports" LIST of its own) */}}
 {{- define "edgefleet.podSpec" -}}
 {{- $op := index .root.Values.operators .name -}}
 serviceAccountName: {{ include "edgefleet.operatorName" . }}
@@ -93,6 +93,9 @@ containers:
     command: {{ toJson .command }}
     args:
       {{- include "edgefleet.commonArgs" . | nindent 6 }}
+      {{- with .args }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
       {{- with $op.extraArgs }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -101,6 +104,9 @@ containers:
     ports:
       - name: metrics
         containerPort: {{ .root.Values.metrics.port }}
+      {{- with .ports }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
     {{- include "edgefleet.probes" . | nindent 4 }}
     resources:
       {{- toYaml $op.resources | nindent 6 }}

@@ -3,6 +3,7 @@
 
 mod chart;
 mod crds;
+mod hub;
 mod leader;
 mod objectsync;
 mod rollout;

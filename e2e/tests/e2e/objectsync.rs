@@ -41,7 +41,8 @@ async fn bed(prefix: &str) -> Bed {
 
 impl Bed {
     async fn operator(&self, extra: &[&str]) -> Operator {
-        Operator::start_with_args("objectsync", &self.ns.name, extra)
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        Operator::start_with_args("objectsync", &self.ns.name, &extra)
             .await
             .unwrap()
     }
