@@ -1,0 +1,583 @@
+//! Edge → cloud: what a node may ask of the hub, checked against who it is.
+//!
+//! [`classify`] (pure) decides from the envelope alone whether a message is an ACK, a keepalive,
+//! one of the node's own requests, or refused; [`handle`] carries out an allowed request against
+//! the API: register the node, keep it Ready, relay its own devices' twin reports, answer queries
+//! for its own objects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use edgefleet_channel::envelope::{EnvelopeError, SOURCE_CLOUD};
+use edgefleet_channel::{Message, Operation, Resource, ResourceType};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{ResourceExt, discovery::ApiResource};
+use serde_json::{Value, json};
+
+use crate::deliver::{FIELD_MANAGER, api_resource};
+use crate::hub::{Hub, Session};
+
+/// Label every edge node carries.
+pub const EDGE_ROLE_LABEL: &str = "node-role.kubernetes.io/edge";
+/// Namespace of node Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease duration written for edge nodes (kubelet's default).
+pub const NODE_LEASE_SECONDS: i32 = 40;
+/// Edge → cloud requests one session may have in progress; more are refused with "busy".
+pub const MAX_EDGE_REQUESTS: usize = 8;
+
+/// What an edge message is, from the envelope alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// `response` (ok) or `error` (refused by the edge) naming one of our messages.
+    Ack {
+        parent: String,
+        rv: String,
+        ok: bool,
+    },
+    Keepalive,
+    RegisterNode,
+    NodeStatus,
+    Twin {
+        namespace: String,
+        device: String,
+    },
+    Query(Resource),
+}
+
+/// Why an edge message is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// Broke the protocol: close the session with CLOSE_PROTOCOL.
+    Close(String),
+    /// Not allowed or not understood: answer with an `error` message, keep the session.
+    Reply(String),
+}
+
+impl Refused {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Close(_) => "protocol",
+            Refused::Reply(_) => "refused",
+        }
+    }
+}
+
+/// Classifies a parsed edge message of the session's `node`.
+pub fn classify(node: &str, msg: &Message) -> Result<Incoming, Refused> {
+    let op = msg.operation().map_err(|e| Refused::Close(e.to_string()))?;
+    match op {
+        Operation::Response | Operation::Error => {
+            if msg.header.parent_id.is_empty() {
+                return Err(Refused::Reply("a response needs parent_msg_id".into()));
+            }
+            return Ok(Incoming::Ack {
+                parent: msg.header.parent_id.clone(),
+                rv: msg.header.resource_version.clone(),
+                ok: op == Operation::Response,
+            });
+        }
+        Operation::Keepalive => return Ok(Incoming::Keepalive),
+        _ => {}
+    }
+    let resource = msg.resource().map_err(|e| match e {
+        EnvelopeError::Resource(r) => Refused::Reply(r.to_string()),
+        other => Refused::Reply(other.to_string()),
+    })?;
+    let own = |what: &str| {
+        if resource.name == node && resource.namespace.is_empty() {
+            Ok(())
+        } else {
+            Err(Refused::Reply(format!(
+                "forbidden: node {node} may not write {what} {}",
+                resource
+            )))
+        }
+    };
+    match (op, resource.type_) {
+        (Operation::Insert, ResourceType::Node) => own("node").map(|()| Incoming::RegisterNode),
+        (Operation::Update, ResourceType::NodeStatus) => {
+            own("node status").map(|()| Incoming::NodeStatus)
+        }
+        (Operation::Update, ResourceType::DeviceTwin) => Ok(Incoming::Twin {
+            namespace: resource.namespace.clone(),
+            device: resource.name.clone(),
+        }),
+        (Operation::Query, t) if t.kind().is_some() => Ok(Incoming::Query(resource)),
+        (op, t) => Err(Refused::Reply(format!(
+            "forbidden: {} of {t} from an edge node",
+            op.as_str()
+        ))),
+    }
+}
+
+fn ok(msg: &Message) -> Message {
+    msg.ack(SOURCE_CLOUD, "")
+}
+
+fn refuse(msg: &Message, reason: &str) -> Message {
+    msg.refuse(SOURCE_CLOUD, reason)
+}
+
+/// Handles one allowed request of `session`'s node; returns the reply to send.
+pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Message) -> Message {
+    let (kind, result) = match incoming {
+        Incoming::RegisterNode => (
+            "register",
+            register_node(hub, &session.node, &msg.content).await,
+        ),
+        Incoming::NodeStatus => {
+            let r = node_status(hub, &session.node, &msg.content).await;
+            if r.is_ok() {
+                session.heartbeat.store(true, Ordering::Relaxed);
+                // Renew at once so a node becomes healthy without waiting a renew interval.
+                if let Err(e) = renew_lease(hub, &session.node).await {
+                    tracing::warn!(node = %session.node, error = %e, "lease renewal");
+                }
+            }
+            ("nodestatus", r)
+        }
+        Incoming::Twin { namespace, device } => (
+            "twin",
+            relay_twin(hub, &session.node, &namespace, &device, &msg.content).await,
+        ),
+        Incoming::Query(resource) => {
+            let reply = query(hub, &session.node, &resource, msg);
+            let result = if reply.route.operation == Operation::Error.as_str() {
+                "refused"
+            } else {
+                "ok"
+            };
+            hub.metrics
+                .edge_requests
+                .with_label_values(&["query", result])
+                .inc();
+            return reply;
+        }
+        Incoming::Ack { .. } | Incoming::Keepalive => return ok(msg),
+    };
+    match result {
+        Ok(()) => {
+            hub.metrics
+                .edge_requests
+                .with_label_values(&[kind, "ok"])
+                .inc();
+            ok(msg)
+        }
+        Err(reason) => {
+            hub.metrics
+                .edge_requests
+                .with_label_values(&[kind, "refused"])
+                .inc();
+            tracing::info!(node = %session.node, kind, %reason, "edge request refused");
+            refuse(msg, &reason)
+        }
+    }
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+fn api_err(action: &str, e: kube::Error) -> String {
+    format!("{action}: {e}")
+}
+
+/// Creates the node's Node (labelled as an edge node) or makes sure an existing one is.
+async fn register_node(hub: &Hub, node: &str, content: &Value) -> Result<(), String> {
+    let api: Api<Node> = Api::all(hub.client.clone());
+    let mut labels: BTreeMap<String, String> = content
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    labels.insert(EDGE_ROLE_LABEL.into(), String::new());
+    let obj = Node {
+        metadata: ObjectMeta {
+            name: Some(node.into()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let patch = json!({"metadata": {"labels": {EDGE_ROLE_LABEL: ""}}});
+            api.patch(node, &params(), &Patch::Merge(patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| api_err("label node", e))
+        }
+        Err(e) => Err(api_err("create node", e)),
+    }
+}
+
+/// The node status patch: what the edge reported (addresses, nodeInfo, capacity, its own
+/// conditions) plus `Ready=True` from the hub, which holds the live session (pure).
+pub fn node_status_patch(content: &Value, ready_since: Option<&Value>, now: &str) -> Value {
+    let mut status = serde_json::Map::new();
+    for key in [
+        "addresses",
+        "nodeInfo",
+        "capacity",
+        "allocatable",
+        "daemonEndpoints",
+    ] {
+        if let Some(v) = content
+            .get(key)
+            .or_else(|| content.pointer(&format!("/status/{key}")))
+        {
+            status.insert(key.into(), v.clone());
+        }
+    }
+    let mut conditions: Vec<Value> = content
+        .get("conditions")
+        .or_else(|| content.pointer("/status/conditions"))
+        .and_then(Value::as_array)
+        .map(|c| {
+            c.iter()
+                .filter(|c| c.get("type").and_then(Value::as_str) != Some("Ready"))
+                .filter(|c| c.get("type").and_then(Value::as_str).is_some())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    conditions.push(json!({
+        "type": "Ready",
+        "status": "True",
+        "reason": "EdgeSessionReady",
+        "message": "edge node connected to the hub",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": ready_since.cloned().unwrap_or_else(|| Value::from(now)),
+    }));
+    status.insert("conditions".into(), Value::Array(conditions));
+    json!({ "status": status })
+}
+
+async fn node_status(hub: &Hub, node: &str, content: &Value) -> Result<(), String> {
+    let api: Api<Node> = Api::all(hub.client.clone());
+    let current = match api.get_opt(node).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            register_node(hub, node, &Value::Null).await?;
+            api.get(node).await.map_err(|e| api_err("get node", e))?
+        }
+        Err(e) => return Err(api_err("get node", e)),
+    };
+    let ready_since = current
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| Value::from(t.0.to_string()));
+    let now = jiff::Timestamp::now().to_string();
+    let patch = node_status_patch(content, ready_since.as_ref(), &now);
+    api.patch_status(node, &params(), &Patch::Strategic(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| api_err("patch node status", e))
+}
+
+/// Renews (or creates) the node's Lease in kube-node-lease, as a kubelet would.
+pub async fn renew_lease(hub: &Hub, node: &str) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(hub.client.clone(), NODE_LEASE_NAMESPACE);
+    let now = MicroTime(jiff::Timestamp::now());
+    match api.get_opt(node).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(node.into());
+            spec.lease_duration_seconds = Some(NODE_LEASE_SECONDS);
+            api.replace(node, &PostParams::default(), &lease).await?;
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some(NODE_LEASE_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(NODE_LEASE_SECONDS),
+                    renew_time: Some(now.clone()),
+                    acquire_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `interval`, renews the Leases of the heartbeating nodes whose sessions live here. A
+/// node whose session is gone is not renewed: the node-lifecycle controller marks it NotReady.
+pub async fn run_lease_renewer(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(hub.config.lease_renew_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let nodes: Vec<String> = hub
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.heartbeat.load(Ordering::Relaxed))
+            .map(|s| s.node.clone())
+            .collect();
+        futures::stream::iter(nodes)
+            .for_each_concurrent(16, |node| {
+                let hub = hub.clone();
+                async move {
+                    if let Err(e) = renew_lease(&hub, &node).await {
+                        hub.metrics
+                            .api_errors
+                            .with_label_values(&["renew_lease"])
+                            .inc();
+                        tracing::warn!(%node, error = %e, "lease renewal");
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+/// Merges reported twin values into a Device's `status.twins` by property name (pure): only
+/// `reported` is written, `observedDesired` and other properties are kept.
+pub fn merge_twins(current: &[Value], reported: &[Value]) -> Result<Vec<Value>, String> {
+    let mut twins: Vec<Value> = current.to_vec();
+    for r in reported {
+        let name = r
+            .get("propertyName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or("a twin needs propertyName")?;
+        let value = r.get("reported").ok_or("a twin needs reported")?;
+        match twins
+            .iter_mut()
+            .find(|t| t.get("propertyName").and_then(Value::as_str) == Some(name))
+        {
+            Some(t) => {
+                if let Some(obj) = t.as_object_mut() {
+                    obj.insert("reported".into(), value.clone());
+                }
+            }
+            None => twins.push(json!({"propertyName": name, "reported": value})),
+        }
+    }
+    Ok(twins)
+}
+
+async fn relay_twin(
+    hub: &Hub,
+    node: &str,
+    namespace: &str,
+    device: &str,
+    content: &Value,
+) -> Result<(), String> {
+    let reported = content
+        .get("twins")
+        .and_then(Value::as_array)
+        .ok_or("content needs twins[]")?;
+    let ar: ApiResource = api_resource(ResourceType::Device).ok_or("no Device resource")?;
+    let api: Api<DynamicObject> = Api::namespaced_with(hub.client.clone(), namespace, &ar);
+    for _ in 0..4 {
+        let Some(dev) = api
+            .get_opt(device)
+            .await
+            .map_err(|e| api_err("get device", e))?
+        else {
+            return Err(format!("forbidden: no device {namespace}/{device}"));
+        };
+        if dev.data.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+            return Err(format!(
+                "forbidden: device {namespace}/{device} is not bound to node {node}"
+            ));
+        }
+        let current = dev
+            .data
+            .pointer("/status/twins")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let twins = merge_twins(&current, reported)?;
+        let patch = json!({
+            "metadata": {"resourceVersion": dev.resource_version()},
+            "status": {"twins": twins},
+        });
+        match api
+            .patch_status(device, &params(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(api_err("patch device status", e)),
+        }
+    }
+    Err("device status kept changing; retry".into())
+}
+
+/// Answers a query for one object, only if the node has a sync for it (a node reads only its own
+/// objects).
+fn query(hub: &Hub, node: &str, resource: &Resource, msg: &Message) -> Message {
+    let Some(obj) = hub
+        .caches
+        .object(resource.type_, &resource.namespace, &resource.name)
+    else {
+        return refuse(msg, &format!("not found: {resource}"));
+    };
+    let uid = obj.uid().unwrap_or_default();
+    if !hub.caches.node_has(node, &uid) {
+        // Same answer as for a missing object: do not reveal what exists.
+        return refuse(msg, &format!("not found: {resource}"));
+    }
+    let rv = obj.resource_version().unwrap_or_default();
+    msg.ack(SOURCE_CLOUD, &rv)
+        .with_content(serde_json::to_value(&*obj).unwrap_or(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgefleet_channel::envelope::{GROUP_RESOURCE, SOURCE_EDGE};
+
+    fn msg(op: Operation, resource: &str) -> Message {
+        let mut m = Message::new(
+            SOURCE_EDGE,
+            GROUP_RESOURCE,
+            op,
+            &Resource::new("", ResourceType::Node, "x"),
+        );
+        m.route.resource = resource.into();
+        m
+    }
+
+    #[test]
+    fn a_node_writes_only_its_own_node_and_status() {
+        assert_eq!(
+            classify("edge-1", &msg(Operation::Insert, "/node/edge-1")),
+            Ok(Incoming::RegisterNode)
+        );
+        assert_eq!(
+            classify("edge-1", &msg(Operation::Update, "/nodestatus/edge-1")),
+            Ok(Incoming::NodeStatus)
+        );
+        for forged in ["/node/edge-2", "ns/node/edge-1"] {
+            assert!(matches!(
+                classify("edge-1", &msg(Operation::Insert, forged)),
+                Err(Refused::Reply(_))
+            ));
+        }
+        assert!(matches!(
+            classify("edge-1", &msg(Operation::Update, "/nodestatus/edge-2")),
+            Err(Refused::Reply(_))
+        ));
+    }
+
+    #[test]
+    fn cloud_operations_from_the_edge_are_refused() {
+        for (op, r) in [
+            (Operation::Update, "ns/configmap/x"),
+            (Operation::Insert, "ns/pod/x"),
+            (Operation::Delete, "ns/secret/x"),
+            (Operation::Query, "/nodestatus/edge-1"),
+            (Operation::Update, "ns/configmap/../x"),
+        ] {
+            assert!(
+                matches!(classify("edge-1", &msg(op, r)), Err(Refused::Reply(_))),
+                "{op:?} {r}"
+            );
+        }
+        assert_eq!(
+            classify("edge-1", &msg(Operation::Query, "ns/configmap/x")),
+            Ok(Incoming::Query(Resource::new(
+                "ns",
+                ResourceType::ConfigMap,
+                "x"
+            )))
+        );
+        assert_eq!(
+            classify("edge-1", &msg(Operation::Update, "ns/devicetwin/t1")),
+            Ok(Incoming::Twin {
+                namespace: "ns".into(),
+                device: "t1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn acks_and_unknown_operations() {
+        let mut ack = msg(Operation::Response, "ns/configmap/x");
+        assert!(matches!(classify("e", &ack), Err(Refused::Reply(_))));
+        ack.header.parent_id = "p".into();
+        ack.header.resource_version = "9".into();
+        assert_eq!(
+            classify("e", &ack),
+            Ok(Incoming::Ack {
+                parent: "p".into(),
+                rv: "9".into(),
+                ok: true
+            })
+        );
+        let mut bad = msg(Operation::Update, "ns/configmap/x");
+        bad.route.operation = "explode".into();
+        assert!(matches!(classify("e", &bad), Err(Refused::Close(_))));
+    }
+
+    #[test]
+    fn twins_merge_by_property_keeping_the_rest() {
+        let current = vec![
+            json!({"propertyName": "temp", "reported": {"value": "1"}, "observedDesired": {"value": "5"}}),
+            json!({"propertyName": "hum", "reported": {"value": "40"}}),
+        ];
+        let merged = merge_twins(
+            &current,
+            &[
+                json!({"propertyName": "temp", "reported": {"value": "2", "metadata": {"timestamp": "1"}}}),
+                json!({"propertyName": "new", "reported": {"value": "x"}}),
+            ],
+        )
+        .unwrap();
+        assert_eq!(merged[0]["reported"]["value"], "2");
+        assert_eq!(merged[0]["observedDesired"]["value"], "5");
+        assert_eq!(merged[1]["reported"]["value"], "40");
+        assert_eq!(merged[2]["propertyName"], "new");
+        assert!(merge_twins(&[], &[json!({"reported": {}})]).is_err());
+    }
+
+    #[test]
+    fn node_status_patch_owns_ready_and_keeps_the_transition_time() {
+        let p = node_status_patch(
+            &json!({"conditions": [{"type": "Ready", "status": "False"}, {"type": "DiskPressure", "status": "False"}],
+                    "nodeInfo": {"kubeletVersion": "edge"}}),
+            Some(&json!("2020-01-01T00:00:00Z")),
+            "2025-01-01T00:00:00Z",
+        );
+        let conds = p["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 2);
+        assert_eq!(conds[1]["type"], "Ready");
+        assert_eq!(conds[1]["status"], "True");
+        assert_eq!(conds[1]["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        assert_eq!(p["status"]["nodeInfo"]["kubeletVersion"], "edge");
+    }
+}

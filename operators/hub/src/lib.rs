@@ -1,0 +1,25 @@
+//! The hub: the cloud end of the edge channel.
+//!
+//! | module | does |
+//! |---|---|
+//! | [`server`] | TLS listener: bootstrap endpoint, WebSocket upgrade with identity and capacity checks |
+//! | [`session`] | one edge session: reader/scheduler loop + writer task |
+//! | [`queue`] | a node's queue: latest wins per UID, window, resend, give up (pure) |
+//! | [`deliver`] | reflectors, UID → nodes index, what a sync needs sent, ACK status writes |
+//! | [`edge`] | edge → cloud: node registration, heartbeat + Lease, twin relay, queries |
+//! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
+//! | [`report`] | the load report ConfigMap |
+//! | [`hub`] | shared state: config, session registry, metrics |
+
+pub mod deliver;
+pub mod edge;
+pub mod error;
+pub mod hub;
+pub mod identity;
+pub mod metrics;
+pub mod queue;
+pub mod report;
+pub mod server;
+pub mod session;
+
+pub use error::{Error, Result};

@@ -1,0 +1,191 @@
+//! `edgefleet-hub`: the cloud end of the edge channel.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use edgefleet_channel::bootstrap::{TOKEN_KEY, TOKEN_SECRET};
+use edgefleet_hub::deliver::{self, Caches};
+use edgefleet_hub::hub::{Config, Hub};
+use edgefleet_hub::identity::{self, Ca};
+use edgefleet_hub::metrics::HubMetrics;
+use edgefleet_hub::{edge, report, server};
+use edgefleet_kit as kit;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+
+/// Holds edge nodes' WebSocket sessions, delivers their objects with ACK, relays heartbeats and
+/// device twins, publishes its load report.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: kit::CommonArgs,
+
+    /// Address of the edge WebSocket/TLS listener (also serves /v1/bootstrap).
+    #[arg(long, env = "EDGEFLEET_HUB_LISTEN", default_value = "0.0.0.0:10000")]
+    listen: SocketAddr,
+
+    /// Sessions this replica accepts before answering 503 + Retry-After.
+    #[arg(long, env = "EDGEFLEET_HUB_MAX_SESSIONS", default_value_t = 20_000)]
+    max_sessions: usize,
+
+    /// Messages in flight per session before waiting for ACKs.
+    #[arg(long, env = "EDGEFLEET_HUB_WINDOW", default_value_t = 8)]
+    window: usize,
+
+    /// Base of the jittered Retry-After and reconnect hints, seconds.
+    #[arg(long, env = "EDGEFLEET_HUB_RETRY_AFTER_SECONDS", default_value_t = 10)]
+    retry_after_seconds: u64,
+
+    /// Names in the serving certificate (comma separated): the Service's DNS names, addresses.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_TLS_SANS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    tls_sans: Vec<String>,
+
+    /// How often the Leases of connected, heartbeating nodes are renewed, seconds.
+    #[arg(long, env = "EDGEFLEET_HUB_LEASE_RENEW_SECONDS", default_value_t = 10)]
+    lease_renew_seconds: u64,
+
+    /// How often the load report is rewritten, seconds.
+    #[arg(long, env = "EDGEFLEET_HUB_REPORT_SECONDS", default_value_t = 5)]
+    report_seconds: u64,
+
+    /// Concurrent ObjectSync status writes.
+    #[arg(long, env = "EDGEFLEET_HUB_STATUS_WRITERS", default_value_t = 32)]
+    status_writers: usize,
+}
+
+/// The bootstrap token Secret, created with a random token if absent.
+async fn ensure_token(secrets: &kube::Api<Secret>) -> anyhow::Result<()> {
+    if secrets.get_opt(TOKEN_SECRET).await?.is_some() {
+        return Ok(());
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(TOKEN_SECRET.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_string(),
+            ByteString(token.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    kit::init_tracing(cli.common.log_format, &cli.common.log_filter)?;
+    let shutdown = kit::shutdown_signal();
+
+    let registry = prometheus::Registry::new();
+    let metrics = HubMetrics::register(&registry)?;
+    let readiness = kit::Readiness::new();
+    let http = kit::serve(
+        cli.common.metrics_addr,
+        registry.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz, /readyz");
+
+    let client = kit::client_with_metrics(&registry, "edgefleet_hub").await?;
+    let namespace = cli.common.leader_election_namespace.clone();
+    let secrets = deliver::secrets(&client, &namespace);
+    let ca = Ca::load_or_create(&secrets)
+        .await
+        .context("loading the hub CA")?;
+    ensure_token(&secrets)
+        .await
+        .context("creating the bootstrap token")?;
+    let tls = identity::server_config(&ca, &cli.tls_sans)?;
+
+    let config = Config {
+        namespace,
+        identity: cli.common.identity.clone(),
+        max_sessions: cli.max_sessions,
+        window: cli.window,
+        retry_after_seconds: cli.retry_after_seconds,
+        lease_renew_interval: Duration::from_secs(cli.lease_renew_seconds.max(1)),
+        report_interval: Duration::from_secs(cli.report_seconds.max(1)),
+    };
+    let (caches, writers) = Caches::new();
+    let (status_tx, status_rx) = tokio::sync::mpsc::channel(4096);
+    // The hub's tasks stop on their own token, tripped after sessions were told to reconnect.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hub = Arc::new(Hub::new(
+        config,
+        client,
+        metrics,
+        caches,
+        status_tx,
+        ca,
+        stop.clone(),
+    ));
+
+    let watchers = tokio::spawn(deliver::run_watchers(
+        hub.clone(),
+        writers,
+        cli.common.watch_namespace.clone(),
+    ));
+    let status = tokio::spawn(deliver::run_status_writer(
+        hub.clone(),
+        status_rx,
+        cli.status_writers.max(1),
+    ));
+    let leases = tokio::spawn(edge::run_lease_renewer(hub.clone()));
+    let reports = tokio::spawn(report::run(hub.clone()));
+
+    if !deliver::wait_ready(&hub, Duration::from_secs(60)).await {
+        tracing::warn!("caches not synced after 60 s; serving anyway");
+    }
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "edge listener up");
+    let serving = tokio::spawn(server::serve(listener, tls, hub.clone()));
+    readiness.set_ready(true);
+
+    shutdown.cancelled().await;
+    readiness.set_ready(false);
+    tracing::info!(
+        sessions = hub.registry.len(),
+        "shutting down: sessions told to reconnect elsewhere"
+    );
+    stop.cancel();
+    // Sessions close with CLOSE_RECONNECT on `stop`; give them a moment to say so.
+    for _ in 0..50 {
+        if hub.registry.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serving.abort();
+    watchers.abort();
+    leases.abort();
+    reports.abort();
+    status.abort();
+    http.wait().await?;
+    Ok(())
+}
