@@ -249,7 +249,11 @@ fn bootstrap_tls(hub_ca: Option<&str>) -> Result<Arc<ClientConfig>, IdentityErro
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         None => {
-            tracing::warn!("bootstrap without --hub-ca: trusting the hub's first answer");
+            // Once per process: `simulate` bootstraps thousands of agents.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("bootstrap without --hub-ca: trusting the hub's first answer");
+            });
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(TrustFirstUse(provider())))

@@ -27,8 +27,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store lock poisoned")]
     Poisoned,
-    #[error("stored object is not JSON: {0}")]
-    Corrupt(String),
+    #[error("store file: {0}")]
+    Io(String),
 }
 
 /// Where an object lives: its route resource without the wire's string form.
@@ -286,6 +286,19 @@ fn now_secs() -> i64 {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // It holds Secrets: owner-only, and SQLite gives its -wal/-shm files the same mode.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        drop(
+            options
+                .open(path)
+                .map_err(|e| StoreError::Io(e.to_string()))?,
+        );
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -593,6 +606,12 @@ mod tests {
             store.put(&cm("kept"), obj("u1", "11")).unwrap();
             store.put(&cm("gone"), obj("u2", "12")).unwrap();
             store.delete(&cm("gone"), "u2", "13").unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
         }
         let store = SqliteStore::open(&path).unwrap();
         let kept = store.get(&cm("kept")).unwrap().unwrap();
