@@ -1,0 +1,174 @@
+//! `edge-agent run` (one node) and `edge-agent simulate --nodes N` (hollow agents).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Parser;
+use edgefleet_channel::resource::is_valid_name;
+use edgefleet_edge_agent::backoff::Backoff;
+use edgefleet_edge_agent::cli::{self, Cli, Command, RunArgs, SimulateArgs};
+use edgefleet_edge_agent::metrics::{Metrics, inc};
+use edgefleet_edge_agent::session::{self, Agent};
+use edgefleet_edge_agent::simulate::{self, SimulateOptions};
+use edgefleet_edge_agent::store::{SqliteStore, Store};
+use edgefleet_edge_agent::{api, identity};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli::init_tracing(cli.log_format, &cli.log_filter) {
+        eprintln!("edge-agent: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match &cli.command {
+        // One node, one session: a single thread keeps RSS and wake-ups small.
+        Command::Run(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Command::Simulate(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.worker_threads.max(1))
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edge-agent: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Simulate(args) => simulate(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "edge-agent stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    tracing::info!(%addr, "serving");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+    });
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let node = args.node_name.clone();
+    if !is_valid_name(&node) {
+        return Err(format!("node name {node:?} is not a valid Kubernetes name"));
+    }
+    let cancel = cli::shutdown_signal();
+    create_private_dir(&args.data_dir)?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?);
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .agents
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    // Serve what is stored before anything else: offline, this is all the node has.
+    serve(
+        args.listen,
+        api::router(api::ApiState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        }),
+        cancel.clone(),
+    )
+    .await?;
+    let token = args.hub.token()?;
+    let hub_ca = args.hub.hub_ca()?;
+    let config = args.hub.session(&node, 16 * 1024);
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    let tls = loop {
+        match identity::obtain(
+            Some(&args.data_dir),
+            &node,
+            &config.hub,
+            token.as_deref(),
+            hub_ca.as_deref(),
+        )
+        .await
+        .and_then(|id| id.client_config())
+        {
+            Ok(tls) => break tls,
+            Err(e) if e.is_permanent() => return Err(e.to_string()),
+            Err(e) => {
+                let delay = backoff.next_delay(None);
+                tracing::warn!(error = %e, ?delay, "no certificate yet; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    inc(&metrics.bootstraps);
+    let agent = Agent {
+        config,
+        tls,
+        store,
+        metrics,
+        connected: Arc::new(AtomicBool::new(false)),
+    };
+    session::run(&agent, &cancel).await;
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))
+}
+
+async fn simulate(args: SimulateArgs) -> Result<(), String> {
+    let cancel = cli::shutdown_signal();
+    if let Some(dir) = &args.data_dir {
+        create_private_dir(dir)?;
+    }
+    let opts = SimulateOptions {
+        nodes: args.nodes,
+        name_prefix: args.name_prefix.clone(),
+        start_index: args.start_index,
+        ramp_per_second: args.ramp_per_second,
+        data_dir: args.data_dir.clone(),
+        sqlite: args.sqlite,
+        token: args.hub.token()?,
+        hub_ca: args.hub.hub_ca()?,
+        // Hollow agents receive little: a 4 KiB read buffer (it grows for a large frame).
+        session: args.hub.session("", 4 * 1024),
+    };
+    let fleet = simulate::fleet(&opts).map_err(|e| e.to_string())?;
+    serve(
+        args.admin_addr,
+        simulate::admin_router(fleet.clone()),
+        cancel.clone(),
+    )
+    .await?;
+    tracing::info!(nodes = args.nodes, hub = %args.hub.hub, "starting hollow agents");
+    simulate::run(opts, fleet, cancel).await;
+    Ok(())
+}
