@@ -7,6 +7,7 @@
 //! - [`wait_for`]: every wait is bounded and says what it waited for.
 //! - [`apply_manifest`]: server-side apply of any YAML document, through discovery.
 
+pub mod edge;
 pub mod operator;
 pub mod podlog;
 

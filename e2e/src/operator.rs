@@ -50,7 +50,7 @@ pub async fn install_chart() -> Result<()> {
 }
 
 /// Where cargo put the workspace's binaries.
-fn binary(name: &str) -> Result<PathBuf> {
+pub fn binary(name: &str) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
@@ -206,6 +206,16 @@ impl Operator {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.spawn()
+    }
+
+    /// Where the current process serves `/metrics` (it binds a free port and logs `addr=`).
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .rev()
+            .filter(|l| l.contains("serving /metrics"))
+            .find_map(|l| l.split("local_addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
     }
 
     /// The operator's log so far.

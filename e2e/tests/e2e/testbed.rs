@@ -19,8 +19,9 @@ fn ready(node: &Node) -> bool {
 #[tokio::test]
 async fn edge_nodes_are_ready_and_labelled() {
     let client = client().await.unwrap();
-    // Nodes another test has taken offline on purpose carry DISTURBED_LABEL.
-    let selector = format!("{EDGE_LABEL},!{}", edgefleet_e2e::DISTURBED_LABEL);
+    // The test bed's own (kwok) nodes. Nodes another test has taken offline on purpose carry
+    // DISTURBED_LABEL; nodes registered by edge agents through a hub are not the test bed's.
+    let selector = format!("{EDGE_LABEL},type=kwok,!{}", edgefleet_e2e::DISTURBED_LABEL);
     let nodes = Api::<Node>::all(client)
         .list(&ListParams::default().labels(&selector))
         .await
@@ -50,7 +51,7 @@ fn pod(name: &str, image: &str, pull_seconds: Option<&str>) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "annotations": annotations},
         "spec": {
-            "nodeSelector": {EDGE_LABEL: ""},
+            "nodeSelector": {EDGE_LABEL: "", "type": "kwok"},
             "containers": [{"name": "app", "image": image}],
         }
     }))
@@ -183,7 +184,7 @@ async fn controller_manager_and_scheduler_do_their_jobs() {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}, "annotations": {"edgefleet.io/sim-pull-seconds": "0"}},
-                "spec": {"nodeSelector": {EDGE_LABEL: ""}, "containers": [{"name": "web", "image": "registry.example/web:1"}]}
+                "spec": {"nodeSelector": {EDGE_LABEL: "", "type": "kwok"}, "containers": [{"name": "web", "image": "registry.example/web:1"}]}
             }
         }
     }))
