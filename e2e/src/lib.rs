@@ -9,6 +9,7 @@
 
 pub mod operator;
 pub mod podlog;
+pub mod prometheus;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Namespace;
