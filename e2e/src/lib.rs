@@ -10,6 +10,7 @@
 pub mod edge;
 pub mod operator;
 pub mod podlog;
+pub mod prometheus;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Namespace;

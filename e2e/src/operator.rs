@@ -208,14 +208,23 @@ impl Operator {
         self.spawn()
     }
 
-    /// Where the current process serves `/metrics` (it binds a free port and logs `addr=`).
-    pub fn metrics_addr(&self) -> Option<String> {
-        self.log()
-            .lines()
-            .rev()
-            .filter(|l| l.contains("serving /metrics"))
-            .find_map(|l| l.split("local_addr=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+    /// The address its `/metrics` listens on (a free port, logged at start), once it is up.
+    pub async fn metrics_addr(&self) -> Result<std::net::SocketAddr> {
+        crate::wait_for(
+            &format!("{} to serve /metrics", self.name),
+            std::time::Duration::from_secs(60),
+            || async {
+                Ok(self
+                    .log()
+                    .lines()
+                    .rev()
+                    .filter(|l| l.contains("serving /metrics"))
+                    .find_map(|l| l.split("addr=").nth(1))
+                    .and_then(|a| a.split_whitespace().next())
+                    .and_then(|a| a.parse().ok()))
+            },
+        )
+        .await
     }
 
     /// The operator's log so far.

@@ -43,13 +43,13 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
-struct Hub {
-    op: Operator,
+pub(crate) struct Hub {
+    pub(crate) op: Operator,
     addr: SocketAddr,
 }
 
 impl Hub {
-    async fn start(ns: &str, extra: &[&str]) -> Result<Hub> {
+    pub(crate) async fn start(ns: &str, extra: &[&str]) -> Result<Hub> {
         let port = free_port();
         let mut args = vec![
             format!("--listen=127.0.0.1:{port}"),
@@ -76,7 +76,7 @@ fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
         .unwrap()
 }
 
-async fn secret_value(client: &Client, name: &str, key: &str) -> Result<String> {
+pub(crate) async fn secret_value(client: &Client, name: &str, key: &str) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let s = api.get(name).await?;
     let b = s
@@ -88,12 +88,12 @@ async fn secret_value(client: &Client, name: &str, key: &str) -> Result<String> 
 
 /// An identity of an edge node: its certificate and key, plus the CA.
 #[derive(Clone, Debug)]
-struct Identity {
+pub(crate) struct Identity {
     cert: String,
     key: String,
 }
 
-struct Edge {
+pub(crate) struct Edge {
     addr: SocketAddr,
     ca: String,
 }
@@ -102,13 +102,13 @@ type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
 /// A refused session request: HTTP status and Retry-After.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     status: u16,
     retry_after: Option<String>,
 }
 
 impl Edge {
-    async fn new(client: &Client, hub: &Hub) -> Result<Edge> {
+    pub(crate) async fn new(client: &Client, hub: &Hub) -> Result<Edge> {
         let ca = secret_value(client, "edgefleet-hub-ca", "ca.crt").await?;
         Ok(Edge { addr: hub.addr, ca })
     }
@@ -167,7 +167,7 @@ impl Edge {
         Ok((status, body))
     }
 
-    async fn bootstrap(&self, node: &str, token: &str) -> Result<Identity> {
+    pub(crate) async fn bootstrap(&self, node: &str, token: &str) -> Result<Identity> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params
@@ -187,7 +187,7 @@ impl Edge {
     }
 
     /// Opens a session for `path_node` with header `node_id`, as `id`.
-    async fn connect_as(
+    pub(crate) async fn connect_as(
         &self,
         id: Option<&Identity>,
         path_node: &str,
@@ -217,37 +217,37 @@ impl Edge {
         }
     }
 
-    async fn connect(&self, id: &Identity, node: &str) -> Result<Session> {
+    pub(crate) async fn connect(&self, id: &Identity, node: &str) -> Result<Session> {
         self.connect_as(Some(id), node, node)
             .await?
             .map_err(|r| anyhow!("session of {node} refused: {r:?}"))
     }
 }
 
-struct Session {
+pub(crate) struct Session {
     ws: Ws,
 }
 
 /// What the edge saw: a message, or the session's close code.
 #[derive(Debug)]
-enum Got {
+pub(crate) enum Got {
     Msg(Box<Message>),
     Closed(Option<u16>),
 }
 
 impl Session {
-    async fn send(&mut self, msg: &Message) -> Result<()> {
+    pub(crate) async fn send(&mut self, msg: &Message) -> Result<()> {
         self.ws.send(WsMessage::text(msg.to_frame())).await?;
         Ok(())
     }
 
-    async fn send_raw(&mut self, frame: &str) -> Result<()> {
+    pub(crate) async fn send_raw(&mut self, frame: &str) -> Result<()> {
         self.ws.send(WsMessage::text(frame.to_string())).await?;
         Ok(())
     }
 
     /// The next message or close within `timeout` (None: nothing came).
-    async fn next(&mut self, timeout: Duration) -> Option<Got> {
+    pub(crate) async fn next(&mut self, timeout: Duration) -> Option<Got> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -267,7 +267,7 @@ impl Session {
     }
 
     /// The next message for `resource` (others are skipped), within `timeout`.
-    async fn expect(&mut self, resource: &str, timeout: Duration) -> Result<Message> {
+    pub(crate) async fn expect(&mut self, resource: &str, timeout: Duration) -> Result<Message> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline
@@ -282,7 +282,7 @@ impl Session {
         }
     }
 
-    async fn ack(&mut self, msg: &Message) -> Result<()> {
+    pub(crate) async fn ack(&mut self, msg: &Message) -> Result<()> {
         let rv = msg.header.resource_version.clone();
         self.send(&msg.ack(SOURCE_EDGE, &rv)).await
     }
@@ -309,7 +309,12 @@ impl Session {
         }
     }
 
-    async fn request(&mut self, op: Operation, resource: &str, content: Value) -> Result<Message> {
+    pub(crate) async fn request(
+        &mut self,
+        op: Operation,
+        resource: &str,
+        content: Value,
+    ) -> Result<Message> {
         let mut msg = Message::new(
             SOURCE_EDGE,
             GROUP_RESOURCE,
@@ -333,11 +338,11 @@ impl Session {
     }
 }
 
-fn node_name(ns: &TestNamespace, tag: &str) -> String {
+pub(crate) fn node_name(ns: &TestNamespace, tag: &str) -> String {
     format!("{}-{tag}", ns.name)
 }
 
-async fn configmap(ns: &TestNamespace, name: &str, value: &str) -> Result<ConfigMap> {
+pub(crate) async fn configmap(ns: &TestNamespace, name: &str, value: &str) -> Result<ConfigMap> {
     let api: Api<ConfigMap> = ns.api();
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -350,7 +355,11 @@ async fn configmap(ns: &TestNamespace, name: &str, value: &str) -> Result<Config
     Ok(api.create(&PostParams::default(), &cm).await?)
 }
 
-async fn update_configmap(ns: &TestNamespace, name: &str, value: &str) -> Result<String> {
+pub(crate) async fn update_configmap(
+    ns: &TestNamespace,
+    name: &str,
+    value: &str,
+) -> Result<String> {
     let api: Api<ConfigMap> = ns.api();
     let cm = api
         .patch(
@@ -363,7 +372,7 @@ async fn update_configmap(ns: &TestNamespace, name: &str, value: &str) -> Result
 }
 
 /// The ObjectSync the objectsync operator would create.
-async fn object_sync(
+pub(crate) async fn object_sync(
     ns: &TestNamespace,
     node: &str,
     kind: &str,
@@ -388,7 +397,7 @@ async fn object_sync(
     Ok(())
 }
 
-async fn acked(ns: &TestNamespace, name: &str) -> Result<Option<String>> {
+pub(crate) async fn acked(ns: &TestNamespace, name: &str) -> Result<Option<String>> {
     let api: Api<ObjectSync> = ns.api();
     Ok(api
         .get_opt(name)
@@ -397,14 +406,14 @@ async fn acked(ns: &TestNamespace, name: &str) -> Result<Option<String>> {
         .and_then(|s| s.object_resource_version))
 }
 
-async fn cleanup_nodes(client: &Client, nodes: &[String]) {
+pub(crate) async fn cleanup_nodes(client: &Client, nodes: &[String]) {
     let api: Api<Node> = Api::all(client.clone());
     for n in nodes {
         let _ = api.delete(n, &DeleteParams::default()).await;
     }
 }
 
-async fn token_of(client: &Client) -> Result<String> {
+pub(crate) async fn token_of(client: &Client) -> Result<String> {
     wait_for("the bootstrap token", Duration::from_secs(30), || async {
         Ok(secret_value(client, TOKEN_SECRET, TOKEN_KEY).await.ok())
     })

@@ -7,6 +7,7 @@ mod crds;
 mod hub;
 mod leader;
 mod objectsync;
+mod observability;
 mod rollout;
 mod rollout_workloads;
 mod samples;

@@ -40,7 +40,7 @@ pub(crate) async fn bed(prefix: &str) -> Bed {
 }
 
 /// A DaemonSet `name` on the nodes with `node_label`, running `OLD`, all pods Ready.
-async fn daemonset(bed: &Bed, name: &str, node_label: (&str, &str)) -> usize {
+pub(crate) async fn daemonset(bed: &Bed, name: &str, node_label: (&str, &str)) -> usize {
     let ds: DaemonSet = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {

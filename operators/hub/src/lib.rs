@@ -23,3 +23,21 @@ pub mod server;
 pub mod session;
 
 pub use error::{Error, Result};
+
+/// The prefix of every metric this binary exports.
+pub const METRICS_PREFIX: &str = "edgefleet_hub";
+
+/// Every metric `edgefleet-hub` exports (what its `main` registers), named without serving
+/// them: the dashboards and alert rules are checked against this list.
+pub fn metric_names() -> Vec<String> {
+    let registry = prometheus::Registry::new();
+    let mut names = Vec::new();
+    if let Ok(m) = metrics::HubMetrics::register(&registry) {
+        names.extend(m.names());
+    }
+    if let Ok(layer) = edgefleet_kit::CountRequestsLayer::register(&registry, METRICS_PREFIX) {
+        names.extend(edgefleet_kit::names_of(&[layer.counter()]));
+    }
+    names.sort();
+    names
+}

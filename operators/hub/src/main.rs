@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz, /readyz");
 
-    let client = kit::client_with_metrics(&registry, "edgefleet_hub").await?;
+    let client = kit::client_with_metrics(&registry, edgefleet_hub::METRICS_PREFIX).await?;
     let namespace = cli.common.leader_election_namespace.clone();
     let secrets = deliver::secrets(&client, &namespace);
     let ca = Ca::load_or_create(&secrets)

@@ -1,6 +1,9 @@
 //! `edgefleet_hub_*`: sessions, deliveries, queue depth, delivery lag, bytes, refusals.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Delivery lag buckets: sub-second on a good link, up to minutes behind a flapping one.
 const LAG_SECONDS: &[f64] = &[
@@ -35,6 +38,9 @@ pub struct HubMetrics {
     pub edge_requests: IntCounterVec,
     /// Failed API calls, by action.
     pub api_errors: IntCounterVec,
+    /// Unix time of this replica's last successful load report write (0: none yet). The
+    /// balancer reads the reports; a report that stops being written leaves it blind.
+    pub load_report_written: Gauge,
 }
 
 impl HubMetrics {
@@ -114,21 +120,43 @@ impl HubMetrics {
                 ),
                 &["action"],
             )?,
+            load_report_written: Gauge::new(
+                "edgefleet_hub_load_report_last_write_timestamp_seconds",
+                "Unix time of this replica's last successful load report write (0: none yet).",
+            )?,
         };
-        registry.register(Box::new(m.sessions.clone()))?;
-        registry.register(Box::new(m.sessions_opened.clone()))?;
-        registry.register(Box::new(m.refused.clone()))?;
-        registry.register(Box::new(m.sent.clone()))?;
-        registry.register(Box::new(m.acked.clone()))?;
-        registry.register(Box::new(m.resent.clone()))?;
-        registry.register(Box::new(m.superseded.clone()))?;
-        registry.register(Box::new(m.given_up.clone()))?;
-        registry.register(Box::new(m.queue_depth.clone()))?;
-        registry.register(Box::new(m.delivery_lag.clone()))?;
-        registry.register(Box::new(m.bytes.clone()))?;
-        registry.register(Box::new(m.frames_refused.clone()))?;
-        registry.register(Box::new(m.edge_requests.clone()))?;
-        registry.register(Box::new(m.api_errors.clone()))?;
+        for c in m.collectors() {
+            registry.register(c)?;
+        }
         Ok(m)
+    }
+
+    /// Every metric, in one list: registered from it, and named from it by [`Self::names`].
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.sessions.clone()),
+            Box::new(self.sessions_opened.clone()),
+            Box::new(self.refused.clone()),
+            Box::new(self.sent.clone()),
+            Box::new(self.acked.clone()),
+            Box::new(self.resent.clone()),
+            Box::new(self.superseded.clone()),
+            Box::new(self.given_up.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.delivery_lag.clone()),
+            Box::new(self.bytes.clone()),
+            Box::new(self.frames_refused.clone()),
+            Box::new(self.edge_requests.clone()),
+            Box::new(self.api_errors.clone()),
+            Box::new(self.load_report_written.clone()),
+        ]
+    }
+
+    /// The names of the metrics above (histograms without their suffixes).
+    pub fn names(&self) -> Vec<String> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
     }
 }

@@ -88,6 +88,14 @@ async fn write_report(hub: &Hub, api: &Api<ConfigMap>, name: &str) -> Result<(),
     Ok(())
 }
 
+/// The unix time now, in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Rewrites the report every `report_interval` until shutdown.
 pub async fn run(hub: Arc<Hub>) {
     let api: Api<ConfigMap> = Api::namespaced(hub.client.clone(), &hub.config.namespace);
@@ -99,12 +107,15 @@ pub async fn run(hub: Arc<Hub>) {
             _ = hub.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = write_report(&hub, &api, &name).await {
-            hub.metrics
-                .api_errors
-                .with_label_values(&["load_report"])
-                .inc();
-            tracing::warn!(error = %e, "writing the load report");
+        match write_report(&hub, &api, &name).await {
+            Ok(()) => hub.metrics.load_report_written.set(unix_now()),
+            Err(e) => {
+                hub.metrics
+                    .api_errors
+                    .with_label_values(&["load_report"])
+                    .inc();
+                tracing::warn!(error = %e, "writing the load report");
+            }
         }
     }
 }

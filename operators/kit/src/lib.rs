@@ -74,6 +74,6 @@ pub use error::{Error, Result};
 pub use events::recorder;
 pub use http::{HttpServer, Readiness, serve};
 pub use leader::{LeaderElector, LeaseTiming, run_while_leader};
-pub use metrics::{MetricLabel, ReconcileMetrics, ReconcileTimer};
+pub use metrics::{MetricLabel, ReconcileMetrics, ReconcileTimer, names_of};
 pub use shutdown::shutdown_signal;
 pub use telemetry::init_tracing;

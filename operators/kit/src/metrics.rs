@@ -6,6 +6,17 @@ use prometheus::{
 
 use crate::Result;
 
+/// The names of `collectors`' metrics (histograms by their base name, without `_bucket`,
+/// `_sum`, `_count`). Unlike `Registry::gather`, this names label vectors that have no child
+/// yet, so an operator can list every metric it may export (the dashboards and alerts are
+/// checked against these lists).
+pub fn names_of(collectors: &[&dyn prometheus::core::Collector]) -> Vec<String> {
+    collectors
+        .iter()
+        .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+        .collect()
+}
+
 /// A short, static, low-cardinality label for an error: the value of `error` in
 /// `<prefix>_reconcile_errors_total{error="..."}`. Each operator's error enum implements it.
 pub trait MetricLabel {
@@ -72,6 +83,16 @@ impl ReconcileMetrics {
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.leader.clone()))?;
         Ok(metrics)
+    }
+
+    /// The names of these metrics (see [`names_of`]).
+    pub fn names(&self) -> Vec<String> {
+        names_of(&[
+            &self.reconciles,
+            &self.failures,
+            &self.duration,
+            &self.leader,
+        ])
     }
 
     /// Counts a reconcile and times it until the returned guard is dropped.
@@ -142,6 +163,22 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn names_include_vectors_without_children() {
+        let m = ReconcileMetrics::register(&Registry::new(), "edgefleet_x").unwrap();
+        let mut names = m.names();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "edgefleet_x_leader",
+                "edgefleet_x_reconcile_duration_seconds",
+                "edgefleet_x_reconcile_errors_total",
+                "edgefleet_x_reconcile_total",
+            ]
+        );
     }
 
     #[test]

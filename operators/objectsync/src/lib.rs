@@ -22,3 +22,24 @@ pub mod plan;
 pub mod queue;
 pub mod refs;
 pub mod watch;
+
+/// The prefix of every metric this binary exports.
+pub const METRICS_PREFIX: &str = "edgefleet_objectsync";
+
+/// Every metric `edgefleet-objectsync` exports (what its `main` registers), named without serving
+/// them: the dashboards and alert rules are checked against this list.
+pub fn metric_names() -> Vec<String> {
+    let registry = prometheus::Registry::new();
+    let mut names = Vec::new();
+    if let Ok(m) = edgefleet_kit::ReconcileMetrics::register(&registry, METRICS_PREFIX) {
+        names.extend(m.names());
+    }
+    if let Ok(m) = metrics::SyncMetrics::register(&registry) {
+        names.extend(m.names());
+    }
+    if let Ok(layer) = edgefleet_kit::CountRequestsLayer::register(&registry, METRICS_PREFIX) {
+        names.extend(edgefleet_kit::names_of(&[layer.counter()]));
+    }
+    names.sort();
+    names
+}

@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = kit::shutdown_signal();
 
     let registry = prometheus::Registry::new();
-    let metrics = kit::ReconcileMetrics::register(&registry, "edgefleet_objectsync")?;
+    let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_objectsync::METRICS_PREFIX)?;
     let sync_metrics = SyncMetrics::register(&registry)?;
     let readiness = kit::Readiness::new();
     let server = kit::serve(
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
 
     // Counts this operator's own API requests: edgefleet_objectsync_api_requests_total{verb}.
-    let client = kit::client_with_metrics(&registry, "edgefleet_objectsync").await?;
+    let client = kit::client_with_metrics(&registry, edgefleet_objectsync::METRICS_PREFIX).await?;
     let recorder = kit::recorder(client.clone(), OPERATOR, &cli.common.identity);
     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
         .with_leader_gauge(metrics.leader.clone());

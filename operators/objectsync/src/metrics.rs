@@ -1,5 +1,6 @@
 //! What users watch about delivery, beside the kit's reconcile metrics.
 
+use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// States a sync is counted under by the census (`edgefleet_objectsync_syncs{state}`).
@@ -91,15 +92,32 @@ impl SyncMetrics {
         for reason in ["not_needed", "node_gone"] {
             m.gc.with_label_values(&[reason]).inc_by(0);
         }
-        registry.register(Box::new(m.syncs.clone()))?;
-        registry.register(Box::new(m.stale.clone()))?;
-        registry.register(Box::new(m.resyncs.clone()))?;
-        registry.register(Box::new(m.created.clone()))?;
-        registry.register(Box::new(m.adopted.clone()))?;
-        registry.register(Box::new(m.gc.clone()))?;
-        registry.register(Box::new(m.queue_depth.clone()))?;
-        registry.register(Box::new(m.scheduled.clone()))?;
-        registry.register(Box::new(m.watch_errors.clone()))?;
+        for c in m.collectors() {
+            registry.register(c)?;
+        }
         Ok(m)
+    }
+
+    /// Every metric, in one list: registered from it, and named from it by [`Self::names`].
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.syncs.clone()),
+            Box::new(self.stale.clone()),
+            Box::new(self.resyncs.clone()),
+            Box::new(self.created.clone()),
+            Box::new(self.adopted.clone()),
+            Box::new(self.gc.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.scheduled.clone()),
+            Box::new(self.watch_errors.clone()),
+        ]
+    }
+
+    /// The names of the metrics above.
+    pub fn names(&self) -> Vec<String> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
     }
 }

@@ -27,7 +27,7 @@ use crate::act::Actor;
 use crate::error::{Error, Result};
 use crate::metrics::RolloutMetrics;
 use crate::plan::{self, Direction, Snapshot, Target};
-use crate::report::{events, export_metrics, publish};
+use crate::report::{events, export_metrics, export_phase, forget, publish};
 use crate::snapshot;
 use crate::status::{
     Situation, build_status, current_batch_planned, decide, is_terminal, step_pause_active,
@@ -270,6 +270,7 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
             publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
         }
         write_status(ctx, job, &old, &status).await?;
+        export_phase(ctx, &ns, &job.name_any(), b.phase);
         return Ok(Requeue::requeue(b.requeue));
     }
 
@@ -459,7 +460,14 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         actor.run(plan.actions.clone()).await?;
     }
     events(ctx, job, &old, &status, &plan).await;
-    export_metrics(ctx, job, &snap, &old, &status);
+    export_metrics(
+        ctx,
+        job,
+        &snap,
+        &old,
+        &status,
+        decision.budget_exceeded.is_some(),
+    );
 
     Ok(if is_terminal(phase) {
         Requeue::await_change()
@@ -666,6 +674,7 @@ async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         .as_ref()
         .is_some_and(|s| matches!(s.phase, RolloutPhase::Completed | RolloutPhase::RolledBack));
     release(ctx, &ns, job.spec.target.kind, &uid, finished).await?;
+    forget(ctx, &ns, &job.name_any());
     Ok(Requeue::await_change())
 }
 

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = kit::shutdown_signal();
 
     let registry = prometheus::Registry::new();
-    let metrics = kit::ReconcileMetrics::register(&registry, "edgefleet_rollout")?;
+    let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_rollout::METRICS_PREFIX)?;
     let rollout = RolloutMetrics::register(&registry)?;
     let readiness = kit::Readiness::new();
     let server = kit::serve(
@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
 
     // Counts this operator's own API requests: edgefleet_rollout_api_requests_total{verb}.
-    let client = kit::client_with_metrics(&registry, "edgefleet_rollout").await?;
+    let client = kit::client_with_metrics(&registry, edgefleet_rollout::METRICS_PREFIX).await?;
     let recorder = kit::recorder(client.clone(), OPERATOR, &cli.common.identity);
     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
         .with_leader_gauge(metrics.leader.clone());

@@ -1,6 +1,7 @@
 //! What users watch about rollouts, beside the kit's reconcile metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Seconds buckets from sub-second swaps to half-hour pulls over slow links.
 const SECONDS: &[f64] = &[
@@ -23,7 +24,19 @@ pub struct RolloutMetrics {
     pub prepull_duration: Histogram,
     /// Old pod deleted → new pod Ready on the same node: what the edge app feels.
     pub interruption: Histogram,
+    /// `edgefleet_rollout_phase{namespace, job, phase}`: 1 for the job's phase, 0 for the others.
+    pub phase: IntGaugeVec,
+    /// `edgefleet_rollout_last_progress_timestamp_seconds{namespace, job}`: when a target last
+    /// reached an end state (done, failed, skipped) or the phase last changed, as seen by this
+    /// replica (a new leader starts the clock at its first reconcile).
+    pub last_progress: GaugeVec,
+    /// `edgefleet_rollout_failure_budget_breaches_total{namespace, job}`: times the failures
+    /// went past the tolerance (the job then paused, aborted or rolled back).
+    pub budget_breaches: IntCounterVec,
 }
+
+/// Labels of the per-job series.
+const JOB_LABELS: &[&str] = &["namespace", "job"];
 
 impl RolloutMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
@@ -56,11 +69,72 @@ impl RolloutMetrics {
                 )
                 .buckets(INTERRUPTION_SECONDS.to_vec()),
             )?,
+            phase: IntGaugeVec::new(
+                Opts::new(
+                    "edgefleet_rollout_phase",
+                    "RolloutJobs by phase: 1 for the job's phase, 0 for the others.",
+                ),
+                &["namespace", "job", "phase"],
+            )?,
+            last_progress: GaugeVec::new(
+                Opts::new(
+                    "edgefleet_rollout_last_progress_timestamp_seconds",
+                    "Unix time a target of the job last reached an end state or its phase changed.",
+                ),
+                JOB_LABELS,
+            )?,
+            budget_breaches: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_rollout_failure_budget_breaches_total",
+                    "Times a job's failures went past its tolerance.",
+                ),
+                JOB_LABELS,
+            )?,
         };
-        registry.register(Box::new(m.targets.clone()))?;
-        registry.register(Box::new(m.batch_duration.clone()))?;
-        registry.register(Box::new(m.prepull_duration.clone()))?;
-        registry.register(Box::new(m.interruption.clone()))?;
+        for c in m.collectors() {
+            registry.register(c)?;
+        }
         Ok(m)
     }
+
+    /// Every metric, in one list: registered from it, and named from it by [`Self::names`].
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.targets.clone()),
+            Box::new(self.batch_duration.clone()),
+            Box::new(self.prepull_duration.clone()),
+            Box::new(self.interruption.clone()),
+            Box::new(self.phase.clone()),
+            Box::new(self.last_progress.clone()),
+            Box::new(self.budget_breaches.clone()),
+        ]
+    }
+
+    /// The names of the metrics above (without histogram suffixes).
+    pub fn names(&self) -> Vec<String> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
+    }
+
+    /// Drops a deleted job's series, so that gauges and counters do not outlive it.
+    pub fn forget_job(&self, namespace: &str, job: &str, states: &[&str], phases: &[&str]) {
+        for state in states {
+            let _ = self.targets.remove_label_values(&[namespace, job, state]);
+        }
+        for phase in phases {
+            let _ = self.phase.remove_label_values(&[namespace, job, phase]);
+        }
+        let _ = self.last_progress.remove_label_values(&[namespace, job]);
+        let _ = self.budget_breaches.remove_label_values(&[namespace, job]);
+    }
+}
+
+/// The unix time now, in seconds, for timestamp gauges.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
