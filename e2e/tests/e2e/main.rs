@@ -6,6 +6,7 @@ mod crds;
 mod hub;
 mod leader;
 mod objectsync;
+mod plugin;
 mod rollout;
 mod rollout_workloads;
 mod samples;

@@ -27,8 +27,7 @@ impl Ctx {
         };
         let config = match &global.kubeconfig {
             Some(path) => {
-                let kc = Kubeconfig::read_from(path)
-                    .map_err(|e| Error::Config(format!("{}: {}", path.display(), chain(&e))))?;
+                let kc = Kubeconfig::read_from(path).map_err(|e| Error::Config(chain(&e)))?;
                 Config::from_custom_kubeconfig(kc, &options)
                     .await
                     .map_err(|e| Error::Config(chain(&e)))?
