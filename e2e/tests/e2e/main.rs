@@ -8,6 +8,7 @@ mod hub;
 mod leader;
 mod objectsync;
 mod observability;
+mod plugin;
 mod rollout;
 mod rollout_workloads;
 mod samples;
