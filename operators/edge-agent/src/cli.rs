@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::hub::HubAddr;
+use crate::hub::{HubAddr, Hubs};
 use crate::session::SessionConfig;
 
 #[derive(Debug, clap::Parser)]
@@ -53,9 +53,11 @@ pub enum Command {
 /// What every agent, real or hollow, needs to reach a hub.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HubArgs {
-    /// The hub: wss://host:port, https://host:port or host:port.
-    #[arg(long, env = "EDGEFLEET_HUB")]
-    pub hub: HubAddr,
+    /// The hub: wss://host:port, https://host:port or host:port. Several hub replicas without a
+    /// load balancer in front: repeat the flag or separate them with commas; each attempt picks
+    /// one at random, a failed one moves to another.
+    #[arg(long, env = "EDGEFLEET_HUB", required = true, value_delimiter = ',')]
+    pub hub: Vec<HubAddr>,
     /// Bootstrap token (only needed until the node has a certificate).
     #[arg(long, env = "EDGEFLEET_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -80,6 +82,10 @@ pub struct HubArgs {
 }
 
 impl HubArgs {
+    pub fn hubs(&self) -> Result<Hubs, String> {
+        Hubs::new(self.hub.clone())
+    }
+
     pub fn token(&self) -> Result<Option<String>, String> {
         match (&self.token, &self.token_file) {
             (Some(t), _) => Ok(Some(t.trim().to_string())),
@@ -99,17 +105,17 @@ impl HubArgs {
             .transpose()
     }
 
-    pub fn session(&self, node: &str, read_buffer: usize) -> SessionConfig {
-        SessionConfig {
+    pub fn session(&self, node: &str, read_buffer: usize) -> Result<SessionConfig, String> {
+        Ok(SessionConfig {
             node: node.to_string(),
             project_id: self.project_id.clone(),
-            hub: self.hub.clone(),
+            hubs: self.hubs()?,
             keepalive: Duration::from_secs(self.keepalive_seconds.max(1)),
             status_interval: Duration::from_secs(self.status_interval_seconds.max(1)),
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(self.backoff_cap_seconds.max(1)),
             read_buffer,
-        }
+        })
     }
 }
 
@@ -227,7 +233,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             unreachable!()
         };
-        assert_eq!(run.hub.hub.port, 443);
+        assert_eq!(run.hub.hubs().unwrap().to_string(), "h:443");
         assert_eq!(run.listen.ip().to_string(), "127.0.0.1");
         assert_eq!(run.hub.token().unwrap().as_deref(), Some("t"));
         assert!(
@@ -244,6 +250,29 @@ mod tests {
         );
         assert!(
             Cli::try_parse_from(["edge-agent", "simulate", "--nodes", "3", "--hub", "h:1"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["edge-agent", "simulate", "--nodes", "3"]).is_err());
+    }
+
+    fn hubs_of(args: &[&str]) -> String {
+        let mut argv = vec!["edge-agent", "simulate", "--nodes", "1"];
+        argv.extend_from_slice(args);
+        let Command::Simulate(sim) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        sim.hub.hubs().unwrap().to_string()
+    }
+
+    #[test]
+    fn several_hubs_repeated_or_comma_separated() {
+        assert_eq!(
+            hubs_of(&["--hub", "wss://a:1", "--hub", "wss://b:2"]),
+            "a:1,b:2"
+        );
+        assert_eq!(hubs_of(&["--hub", "a:1,https://b:2,c"]), "a:1,b:2,c:10000");
+        assert!(
+            Cli::try_parse_from(["edge-agent", "simulate", "--nodes", "1", "--hub", "a:1,:2"])
+                .is_err()
         );
     }
 }

@@ -27,10 +27,11 @@ pub(crate) mod tests_support {
         crate::session::SessionConfig {
             node: node.to_string(),
             project_id: edgefleet_channel::session::DEFAULT_PROJECT_ID.to_string(),
-            hub: crate::hub::HubAddr {
+            hubs: crate::hub::HubAddr {
                 host: "127.0.0.1".into(),
                 port: 1,
-            },
+            }
+            .into(),
             keepalive: Duration::from_secs(15),
             status_interval: Duration::from_secs(300),
             backoff_base: Duration::from_millis(500),

@@ -94,13 +94,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
     .await?;
     let token = args.hub.token()?;
     let hub_ca = args.hub.hub_ca()?;
-    let config = args.hub.session(&node, 16 * 1024);
+    let config = args.hub.session(&node, 16 * 1024)?;
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    // Bootstrap walks the hub list as sessions do: a failed attempt moves to another hub.
+    let mut hubs = config.hubs.cursor();
     let tls = loop {
         match identity::obtain(
             Some(&args.data_dir),
             &node,
-            &config.hub,
+            hubs.next_hub(),
             token.as_deref(),
             hub_ca.as_deref(),
         )
@@ -159,7 +161,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         token: args.hub.token()?,
         hub_ca: args.hub.hub_ca()?,
         // Hollow agents receive little: a 4 KiB read buffer (it grows for a large frame).
-        session: args.hub.session("", 4 * 1024),
+        session: args.hub.session("", 4 * 1024)?,
     };
     let fleet = simulate::fleet(&opts).map_err(|e| e.to_string())?;
     serve(
@@ -168,7 +170,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         cancel.clone(),
     )
     .await?;
-    tracing::info!(nodes = args.nodes, hub = %args.hub.hub, "starting hollow agents");
+    tracing::info!(nodes = args.nodes, hubs = %opts.session.hubs, "starting hollow agents");
     simulate::run(opts, fleet, cancel).await;
     Ok(())
 }

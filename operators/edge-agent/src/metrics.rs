@@ -13,6 +13,7 @@ pub struct Metrics {
     pub reconnects: AtomicU64,
     pub connect_failures: AtomicU64,
     pub busy_refusals: AtomicU64,
+    pub reconnect_hints: AtomicU64,
     pub bootstraps: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_acked: AtomicU64,
@@ -47,7 +48,7 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             ("connects_total", "Sessions opened.", &self.connects),
             (
                 "reconnects_total",
@@ -63,6 +64,11 @@ impl Metrics {
                 "busy_refusals_total",
                 "Session attempts the hub refused with 503 Retry-After.",
                 &self.busy_refusals,
+            ),
+            (
+                "reconnect_hints_total",
+                "Sessions the hub ended with close 4000 and a reconnect hint (draining, rebalancing).",
+                &self.reconnect_hints,
             ),
             (
                 "bootstraps_total",

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::handler::handle_frame;
-use crate::hub::HubAddr;
+use crate::hub::{HubAddr, Hubs};
 use crate::metrics::{Metrics, inc};
 use crate::node;
 use crate::store::Store;
@@ -42,7 +42,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(60);
 pub struct SessionConfig {
     pub node: String,
     pub project_id: String,
-    pub hub: HubAddr,
+    /// The hub, or the hub replicas to choose from.
+    pub hubs: Hubs,
     /// WebSocket ping period (channel contract: 15 s).
     pub keepalive: Duration,
     /// Period of the small `update /nodestatus/<node>` heartbeat after the first, full one.
@@ -86,6 +87,7 @@ type Ws = WebSocketStream<tokio_rustls::client::TlsStream<Counted<TcpStream>>>;
 pub async fn run(agent: &Agent, cancel: &CancellationToken) {
     let cfg = &agent.config;
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_cap);
+    let mut hubs = cfg.hubs.cursor();
     let mut hint: Option<Duration> = None;
     let mut first = true;
     loop {
@@ -100,21 +102,22 @@ pub async fn run(agent: &Agent, cancel: &CancellationToken) {
         }
         first = false;
         hint = None;
+        let hub = hubs.next_hub();
         let ws = tokio::select! {
             () = cancel.cancelled() => return,
-            ws = connect(agent) => ws,
+            ws = connect(agent, hub) => ws,
         };
         let ws = match ws {
             Ok(ws) => ws,
             Err(ConnectError::Busy(retry_after)) => {
                 inc(&agent.metrics.busy_refusals);
-                tracing::info!(node = %cfg.node, ?retry_after, "hub over capacity");
+                tracing::info!(node = %cfg.node, %hub, ?retry_after, "hub over capacity");
                 hint = retry_after;
                 continue;
             }
             Err(ConnectError::Failed(reason)) => {
                 inc(&agent.metrics.connect_failures);
-                tracing::info!(node = %cfg.node, %reason, "cannot open a session");
+                tracing::info!(node = %cfg.node, %hub, %reason, "cannot open a session");
                 continue;
             }
         };
@@ -122,7 +125,7 @@ pub async fn run(agent: &Agent, cancel: &CancellationToken) {
         inc(&agent.metrics.connects);
         agent.metrics.sessions_up.fetch_add(1, Ordering::Relaxed);
         agent.connected.store(true, Ordering::Relaxed);
-        tracing::info!(node = %cfg.node, hub = %cfg.hub, "session up");
+        tracing::info!(node = %cfg.node, %hub, "session up");
         let ended = session(agent, ws, cancel).await;
         agent.connected.store(false, Ordering::Relaxed);
         agent.metrics.sessions_up.fetch_sub(1, Ordering::Relaxed);
@@ -132,21 +135,44 @@ pub async fn run(agent: &Agent, cancel: &CancellationToken) {
         match ended {
             Ended::Cancelled => return,
             Ended::Closed { hint: h } => {
-                tracing::info!(node = %cfg.node, hint = ?h, "hub closed the session");
+                if h.is_some() {
+                    inc(&agent.metrics.reconnect_hints);
+                }
+                tracing::info!(node = %cfg.node, %hub, hint = ?h, "hub closed the session");
                 hint = h;
             }
-            Ended::Lost(reason) => tracing::info!(node = %cfg.node, %reason, "session lost"),
+            Ended::Lost(reason) => {
+                tracing::info!(node = %cfg.node, %hub, %reason, "session lost");
+            }
         }
     }
 }
 
-async fn connect(agent: &Agent) -> Result<Ws, ConnectError> {
+/// The upgrade request of `node`'s session: the URL and headers of docs/channel.md.
+fn session_request(
+    hub: &HubAddr,
+    project_id: &str,
+    node: &str,
+) -> Result<http::Request<()>, String> {
+    let mut request = hub
+        .events_url(project_id, node)
+        .into_client_request()
+        .map_err(|e| format!("request: {e}"))?;
+    let headers = request.headers_mut();
+    for (name, value) in [(HEADER_NODE_ID, node), (HEADER_PROJECT_ID, project_id)] {
+        let value = http::HeaderValue::from_str(value).map_err(|e| format!("header: {e}"))?;
+        headers.insert(name, value);
+    }
+    Ok(request)
+}
+
+async fn connect(agent: &Agent, hub: &HubAddr) -> Result<Ws, ConnectError> {
     let cfg = &agent.config;
     let failed =
         |what: &str, e: &dyn std::fmt::Display| ConnectError::Failed(format!("{what}: {e}"));
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        TcpStream::connect((cfg.hub.host.as_str(), cfg.hub.port)),
+        TcpStream::connect((hub.host.as_str(), hub.port)),
     )
     .await
     .map_err(|e| failed("tcp", &e))?
@@ -156,28 +182,14 @@ async fn connect(agent: &Agent) -> Result<Ws, ConnectError> {
         inner: tcp,
         metrics: agent.metrics.clone(),
     };
-    let server_name = cfg
-        .hub
-        .server_name()
-        .map_err(|e| failed("server name", &e))?;
+    let server_name = hub.server_name().map_err(|e| failed("server name", &e))?;
     let handshake = async {
         let tls = tokio_rustls::TlsConnector::from(agent.tls.clone())
             .connect(server_name, counted)
             .await
             .map_err(|e| failed("tls", &e))?;
-        let mut request = cfg
-            .hub
-            .events_url(&cfg.project_id, &cfg.node)
-            .into_client_request()
-            .map_err(|e| failed("request", &e))?;
-        let headers = request.headers_mut();
-        for (name, value) in [
-            (HEADER_NODE_ID, &cfg.node),
-            (HEADER_PROJECT_ID, &cfg.project_id),
-        ] {
-            let value = http::HeaderValue::from_str(value).map_err(|e| failed("header", &e))?;
-            headers.insert(name, value);
-        }
+        let request =
+            session_request(hub, &cfg.project_id, &cfg.node).map_err(ConnectError::Failed)?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer)
             .write_buffer_size(0)
@@ -220,6 +232,25 @@ fn uplink(
     .with_content(content)
 }
 
+/// What a session starts with: register the node, then a full status report (the hub marks it
+/// Ready).
+fn opening(node: &str) -> [Message; 2] {
+    [
+        uplink(
+            Operation::Insert,
+            ResourceType::Node,
+            node,
+            node::registration(node),
+        ),
+        uplink(
+            Operation::Update,
+            ResourceType::NodeStatus,
+            node,
+            node::status(true),
+        ),
+    ]
+}
+
 async fn send(ws: &mut Ws, metrics: &Metrics, message: &Message) -> Result<(), WsError> {
     inc(&metrics.messages_sent);
     ws.send(WsMessage::text(message.to_frame())).await
@@ -228,21 +259,7 @@ async fn send(ws: &mut Ws, metrics: &Metrics, message: &Message) -> Result<(), W
 async fn session(agent: &Agent, mut ws: Ws, cancel: &CancellationToken) -> Ended {
     let cfg = &agent.config;
     let metrics = &*agent.metrics;
-    // Register the node, then a full status report: the hub marks it Ready.
-    for message in [
-        uplink(
-            Operation::Insert,
-            ResourceType::Node,
-            &cfg.node,
-            node::registration(&cfg.node),
-        ),
-        uplink(
-            Operation::Update,
-            ResourceType::NodeStatus,
-            &cfg.node,
-            node::status(true),
-        ),
-    ] {
+    for message in opening(&cfg.node) {
         if let Err(e) = send(&mut ws, metrics, &message).await {
             return Ended::Lost(format!("registering: {e}"));
         }
@@ -352,6 +369,44 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upgrade_names_the_node_in_path_and_headers() {
+        let hub: HubAddr = "wss://127.0.0.1:10000".parse().unwrap();
+        let request = session_request(&hub, "proj", "edge-1").unwrap();
+        assert_eq!(
+            request.uri().to_string(),
+            "wss://127.0.0.1:10000/proj/edge-1/events"
+        );
+        assert_eq!(request.headers()["node_id"], "edge-1");
+        assert_eq!(request.headers()["project_id"], "proj");
+        assert!(request.headers().contains_key("sec-websocket-key"));
+    }
+
+    #[test]
+    fn a_session_opens_with_registration_then_full_status() {
+        let [register, status] = opening("edge-1");
+        assert_eq!(
+            (
+                register.route.operation.as_str(),
+                register.route.resource.as_str()
+            ),
+            ("insert", "/node/edge-1")
+        );
+        assert_eq!(
+            (
+                status.route.operation.as_str(),
+                status.route.resource.as_str()
+            ),
+            ("update", "/nodestatus/edge-1")
+        );
+        assert_eq!(register.route.source, SOURCE_EDGE);
+        assert!(
+            status.content["conditions"].is_array(),
+            "{}",
+            status.content
+        );
+    }
 
     #[test]
     fn only_code_4000_carries_a_hint() {

@@ -4,6 +4,8 @@
 //! from `--data-dir/<node>/` when present — a pre-issued set can be shared between runs), its
 //! own store (in memory, or `--data-dir/<node>/store.db` with `--sqlite`) and runs the same
 //! [`session::run`] as the real agent, as one task. Starts are staggered (`--ramp-per-second`).
+//! With several `--hub` addresses each agent picks its own at random, so the fleet spreads over
+//! the hub replicas.
 //!
 //! Admin server: `/metrics`, `/healthz`, `GET /agents` (node, connected) and
 //! `GET /agents/{node}/objects` (`[{resource, uid, resourceVersion}]`, for the chaos test that
@@ -126,11 +128,13 @@ async fn hollow_agent(
     config.node = node.clone();
     let dir = opts.data_dir.as_ref().map(|d| d.join(&node));
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    // Each agent walks the hub list on its own: random picks spread the fleet over the hubs.
+    let mut hubs = config.hubs.cursor();
     let tls = loop {
         let obtained = identity::obtain(
             dir.as_deref(),
             &node,
-            &config.hub,
+            hubs.next_hub(),
             opts.token.as_deref(),
             opts.hub_ca.as_deref(),
         )

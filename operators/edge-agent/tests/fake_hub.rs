@@ -197,10 +197,11 @@ async fn a_session_with_a_hub() {
         config: SessionConfig {
             node: node.into(),
             project_id: DEFAULT_PROJECT_ID.into(),
-            hub: HubAddr {
+            hubs: HubAddr {
                 host: "127.0.0.1".into(),
                 port,
-            },
+            }
+            .into(),
             keepalive: Duration::from_secs(15),
             status_interval: Duration::from_secs(300),
             backoff_base: Duration::from_millis(50),
