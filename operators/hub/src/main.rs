@@ -95,22 +95,14 @@ async fn ensure_token(secrets: &kube::Api<Secret>) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    kit::init_tracing(cli.common.log_format, &cli.common.log_filter)?;
-    let shutdown = kit::shutdown_signal();
-
-    let registry = prometheus::Registry::new();
+    let kit::Started {
+        shutdown,
+        registry,
+        readiness,
+        server: http,
+        client,
+    } = kit::start(&cli.common, edgefleet_hub::METRICS_PREFIX).await?;
     let metrics = HubMetrics::register(&registry)?;
-    let readiness = kit::Readiness::new();
-    let http = kit::serve(
-        cli.common.metrics_addr,
-        registry.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz, /readyz");
-
-    let client = kit::client_with_metrics(&registry, edgefleet_hub::METRICS_PREFIX).await?;
     let namespace = cli.common.leader_election_namespace.clone();
     let secrets = deliver::secrets(&client, &namespace);
     let ca = Ca::load_or_create(&secrets)

@@ -12,6 +12,7 @@
 //! | [`conditions`] | [`set_condition`], [`find_condition`], [`is_true`] on `metav1.Condition` |
 //! | [`mod@apply`] | server-side apply of objects and status, forced, one field manager per operator |
 //! | [`events`] | one event [`Recorder`](kube::runtime::events::Recorder) per controller |
+//! | [`mod@start`] | [`start`]: all of the above that every `main` begins with, in one call |
 //!
 //! An operator's `main` with the kit (the controller itself lives in the operator crate):
 //!
@@ -28,28 +29,19 @@
 //! #[tokio::main]
 //! async fn main() -> anyhow::Result<()> {
 //!     let cli = Cli::parse();
-//!     kit::init_tracing(cli.common.log_format, &cli.common.log_filter)?;
-//!     let shutdown = kit::shutdown_signal();
-//!
-//!     let registry = prometheus::Registry::new();
-//!     let metrics = kit::ReconcileMetrics::register(&registry, "edgefleet_rollout")?;
-//!     let readiness = kit::Readiness::new();
-//!     let server =
-//!         kit::serve(cli.common.metrics_addr, registry, readiness.clone(), shutdown.clone()).await?;
-//!
-//!     let client = kube::Client::try_default().await?;
-//!     let recorder = kit::recorder(client.clone(), "edgefleet-rollout", &cli.common.identity);
-//!     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, "edgefleet-rollout")?
+//!     let op = kit::start(&cli.common, "edgefleet_rollout").await?;
+//!     let metrics = kit::ReconcileMetrics::register(&op.registry, "edgefleet_rollout")?;
+//!     let recorder = kit::recorder(op.client.clone(), "edgefleet-rollout", &cli.common.identity);
+//!     let elector = kit::LeaderElector::from_args(op.client.clone(), &cli.common, "edgefleet-rollout")?
 //!         .with_leader_gauge(metrics.leader.clone());
 //!
-//!     // Ready once the CRDs are established; a standby replica is ready too (see `Readiness`).
-//!     rollout::crds::wait_established(&client).await?;
-//!     readiness.set_ready(true);
-//!     kit::run_while_leader(elector, shutdown.clone(), || {
-//!         rollout::controller::run(client.clone(), metrics.clone(), recorder.clone())
+//!     // A standby replica is ready too (see `Readiness`).
+//!     op.readiness.set_ready(true);
+//!     kit::run_while_leader(elector, op.shutdown.clone(), || {
+//!         rollout::controller::run(op.client.clone(), metrics.clone(), recorder.clone())
 //!     })
 //!     .await;
-//!     server.wait().await?;
+//!     op.server.wait().await?;
 //!     Ok(())
 //! }
 //! ```
@@ -64,6 +56,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod shutdown;
+pub mod start;
 pub mod telemetry;
 
 pub use apply::{apply, apply_params, apply_status};
@@ -76,4 +69,5 @@ pub use http::{HttpServer, Readiness, serve};
 pub use leader::{LeaderElector, LeaseTiming, run_while_leader};
 pub use metrics::{MetricLabel, ReconcileMetrics, ReconcileTimer, names_of};
 pub use shutdown::shutdown_signal;
+pub use start::{Started, start};
 pub use telemetry::init_tracing;

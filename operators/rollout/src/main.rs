@@ -16,24 +16,15 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    kit::init_tracing(cli.common.log_format, &cli.common.log_filter)?;
-    let shutdown = kit::shutdown_signal();
-
-    let registry = prometheus::Registry::new();
+    let kit::Started {
+        shutdown,
+        registry,
+        readiness,
+        server,
+        client,
+    } = kit::start(&cli.common, edgefleet_rollout::METRICS_PREFIX).await?;
     let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_rollout::METRICS_PREFIX)?;
     let rollout = RolloutMetrics::register(&registry)?;
-    let readiness = kit::Readiness::new();
-    let server = kit::serve(
-        cli.common.metrics_addr,
-        registry.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
-
-    // Counts this operator's own API requests: edgefleet_rollout_api_requests_total{verb}.
-    let client = kit::client_with_metrics(&registry, edgefleet_rollout::METRICS_PREFIX).await?;
     let recorder = kit::recorder(client.clone(), OPERATOR, &cli.common.identity);
     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
         .with_leader_gauge(metrics.leader.clone());
