@@ -67,14 +67,14 @@ pub struct HubProcess {
 
 impl HubProcess {
     /// Starts a hub replica for `namespace` on a free port and waits until it listens.
-    pub async fn start(namespace: &str, extra: &[String]) -> Result<HubProcess> {
+    pub async fn start(namespace: &str, extra: &[&str]) -> Result<HubProcess> {
         let port = free_port()?;
         let mut args = vec![
             format!("--listen=127.0.0.1:{port}"),
             "--report-seconds=1".to_string(),
             "--lease-renew-seconds=2".to_string(),
         ];
-        args.extend(extra.iter().cloned());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let op = Operator::start_with_args("hub", namespace, &args).await?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let hub = HubProcess { op, addr };

@@ -16,7 +16,7 @@ use edgefleet_channel::session::{
     events_path,
 };
 use edgefleet_channel::{Message, Operation, Resource, ResourceType};
-use edgefleet_e2e::operator::{Operator, SYSTEM_NAMESPACE};
+use edgefleet_e2e::operator::SYSTEM_NAMESPACE;
 use edgefleet_e2e::{TestNamespace, client, install_crds, wait_for};
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -36,38 +36,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const FINALIZER: &str = "edgefleet.io/edge-delete";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-pub(crate) struct Hub {
-    pub(crate) op: Operator,
-    addr: SocketAddr,
-}
-
-impl Hub {
-    pub(crate) async fn start(ns: &str, extra: &[&str]) -> Result<Hub> {
-        let port = free_port();
-        let mut args = vec![
-            format!("--listen=127.0.0.1:{port}"),
-            "--report-seconds=1".to_string(),
-            "--lease-renew-seconds=2".to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let op = Operator::start_with_args("hub", ns, &args).await?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        wait_for(
-            "the hub to listen",
-            Duration::from_secs(60),
-            || async move { Ok(TcpStream::connect(addr).await.ok().map(|_| ())) },
-        )
-        .await?;
-        Ok(Hub { op, addr })
-    }
-}
+/// A hub replica (the same fixture the other channel tests use).
+pub(crate) use edgefleet_e2e::edge::HubProcess as Hub;
 
 fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
