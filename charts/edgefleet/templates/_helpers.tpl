@@ -14,11 +14,22 @@
 {{- end -}}
 
 {{- define "edgefleet.labels" -}}
+{{ include "edgefleet.chartLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "edgefleet.chartLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/part-of: edgefleet
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels of one operator's objects and pods: the chart's plus its selector labels, each key
+once (a duplicate key is invalid YAML to strict parsers). (dict "root" $ "name" NAME) */}}
+{{- define "edgefleet.operatorLabels" -}}
+{{ include "edgefleet.chartLabels" .root }}
+{{ include "edgefleet.selectorLabels" . }}
 {{- end -}}
 
 {{/* Labels that select one operator's pods; stable across upgrades. */}}
