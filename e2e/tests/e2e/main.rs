@@ -3,6 +3,7 @@
 
 mod chart;
 mod crds;
+mod gitops;
 mod hub;
 mod leader;
 mod objectsync;
