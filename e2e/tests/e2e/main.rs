@@ -4,6 +4,7 @@
 mod chart;
 mod crds;
 mod gitops;
+mod helm;
 mod hub;
 mod leader;
 mod objectsync;
