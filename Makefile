@@ -41,6 +41,10 @@ e2e: ## e2e tests against the running local cluster (hack/cluster up --nodes 60 
 	hack/prometheus install
 	$(CLUSTER_ENV); $(CARGO) test -p edgefleet-e2e --locked -- --test-threads=4
 
+.PHONY: release-check
+release-check: ## Release build of exactly the binaries the Dockerfile ships; its list checked.
+	hack/release-check
+
 .PHONY: crds
 crds: ## Regenerate crds/ and the CRD chart's copy from the Rust types.
 	$(CARGO) run -q -p edgefleet-api --bin crdgen

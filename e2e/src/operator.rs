@@ -124,14 +124,29 @@ impl Operator {
         namespace: &str,
         extra_args: &[String],
     ) -> Result<Self> {
+        Self::start_tagged(component, namespace, extra_args, !extra_args.is_empty()).await
+    }
+
+    /// One of several replicas of `component` over one namespace, on one Lease: each gets an
+    /// identity of its own, as each pod of the chart's Deployment would.
+    pub async fn start_replica(component: &str, namespace: &str) -> Result<Self> {
+        Self::start_tagged(component, namespace, &[], true).await
+    }
+
+    async fn start_tagged(
+        component: &str,
+        namespace: &str,
+        extra_args: &[String],
+        tagged: bool,
+    ) -> Result<Self> {
         install_chart().await?;
-        let tag = if extra_args.is_empty() {
-            String::new()
-        } else {
+        let tag = if tagged {
             format!(
                 "-i{}",
                 INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             )
+        } else {
+            String::new()
         };
         let name = format!("edgefleet-{component}");
         let kubeconfig = serviceaccount_kubeconfig(
@@ -155,6 +170,29 @@ impl Operator {
         Ok(op)
     }
 
+    /// This process's identity: its name in the Lease and in its events' `reportingInstance`.
+    pub fn identity(&self) -> String {
+        format!(
+            "{}-{}{}-{}",
+            self.name, self.watch_namespace, self.tag, self.starts
+        )
+    }
+
+    /// The name of the Lease this operator elects its leader on (in [`SYSTEM_NAMESPACE`]).
+    pub fn lease_name(&self) -> String {
+        format!("{}-{}", self.name, self.watch_namespace)
+    }
+
+    /// The address of this process's /metrics server, from its log (it listens on a free port).
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .rev()
+            .find_map(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .map(str::to_owned)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -173,17 +211,11 @@ impl Operator {
                 "--log-format=text",
                 "--leader-elect=true",
                 &format!("--leader-election-namespace={SYSTEM_NAMESPACE}"),
-                &format!(
-                    "--leader-election-id={}-{}",
-                    self.name, self.watch_namespace
-                ),
+                &format!("--leader-election-id={}", self.lease_name()),
                 "--lease-duration-seconds=4",
                 "--lease-grace-seconds=2",
                 &format!("--watch-namespace={}", self.watch_namespace),
-                &format!(
-                    "--identity={}-{}{}-{}",
-                    self.name, self.watch_namespace, self.tag, self.starts
-                ),
+                &format!("--identity={}", self.identity()),
             ])
             .stdout(log.try_clone()?)
             .stderr(log)

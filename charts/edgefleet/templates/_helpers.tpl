@@ -14,11 +14,22 @@
 {{- end -}}
 
 {{- define "edgefleet.labels" -}}
+{{ include "edgefleet.chartLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "edgefleet.chartLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/part-of: edgefleet
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels of one operator's objects and pods: the chart's plus its selector labels, each key
+once (a duplicate key is invalid YAML to strict parsers). (dict "root" $ "name" NAME) */}}
+{{- define "edgefleet.operatorLabels" -}}
+{{ include "edgefleet.chartLabels" .root }}
+{{ include "edgefleet.selectorLabels" . }}
 {{- end -}}
 
 {{/* Labels that select one operator's pods; stable across upgrades. */}}
@@ -31,10 +42,34 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* Log format and level of one operator: its own when set, else the chart's. (dict "root" $ "name" NAME) */}}
+{{- define "edgefleet.logFormat" -}}
+{{- $op := index .root.Values.operators .name -}}
+{{- default .root.Values.logFormat $op.logFormat -}}
+{{- end -}}
+{{- define "edgefleet.logLevel" -}}
+{{- $op := index .root.Values.operators .name -}}
+{{- default .root.Values.logLevel $op.logLevel -}}
+{{- end -}}
+
+{{/* An operator's affinity: its own, plus a required node affinity keeping it off edge nodes
+(.Values.edgeNodeLabel) unless its own affinity already has a required node affinity. */}}
+{{- define "edgefleet.affinity" -}}
+{{- $op := index .root.Values.operators .name -}}
+{{- $affinity := deepCopy (default dict $op.affinity) -}}
+{{- $node := default dict $affinity.nodeAffinity -}}
+{{- if and .root.Values.edgeNodeLabel (not $node.requiredDuringSchedulingIgnoredDuringExecution) -}}
+{{- $term := dict "matchExpressions" (list (dict "key" .root.Values.edgeNodeLabel "operator" "DoesNotExist")) -}}
+{{- $_ := set $node "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" (list $term)) -}}
+{{- $_ := set $affinity "nodeAffinity" $node -}}
+{{- end -}}
+{{- with $affinity }}{{ toYaml . }}{{ end -}}
+{{- end -}}
+
 {{/* Flags every operator understands (operators/kit CommonArgs). Call with (dict "root" $ "name" NAME). */}}
 {{- define "edgefleet.commonArgs" -}}
 - --metrics-addr=0.0.0.0:{{ .root.Values.metrics.port }}
-- --log-format={{ .root.Values.logFormat }}
+- --log-format={{ include "edgefleet.logFormat" . }}
 - --leader-elect={{ .root.Values.leaderElection.enabled }}
 - --leader-election-id={{ include "edgefleet.operatorName" . }}
 - --lease-duration-seconds={{ .root.Values.leaderElection.leaseDurationSeconds }}
@@ -48,7 +83,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 - name: POD_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: RUST_LOG
-  value: {{ .root.Values.logLevel | quote }}
+  value: {{ include "edgefleet.logLevel" . | quote }}
 {{- end -}}
 
 {{/* Liveness on /healthz, readiness on /readyz (true once caches are synced), on the metrics port. */}}
@@ -82,9 +117,9 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $op.affinity }}
+{{- with include "edgefleet.affinity" . }}
 affinity:
-  {{- toYaml . | nindent 2 }}
+  {{- . | nindent 2 }}
 {{- end }}
 containers:
   - name: {{ .name }}
@@ -114,8 +149,19 @@ containers:
       {{- toYaml .root.Values.securityContext | nindent 6 }}
 {{- end -}}
 
-{{/* A Role and RoleBinding on Leases in the release namespace, for leader election. */}}
+{{/* An operator that writes shared objects must not run two active replicas: without leader
+election it runs one. (dict "root" $ "name" NAME) */}}
+{{- define "edgefleet.singleWriter" -}}
+{{- $op := index .root.Values.operators .name -}}
+{{- if and (not .root.Values.leaderElection.enabled) (gt (int $op.replicas) 1) -}}
+{{- fail (printf "operators.%s.replicas=%d needs leaderElection.enabled=true: without it every replica would act on the same objects" .name (int $op.replicas)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A Role and RoleBinding on Leases in the release namespace, for leader election; nothing
+when leader election is off. */}}
 {{- define "edgefleet.leaderElectionRbac" -}}
+{{- if .root.Values.leaderElection.enabled }}
 {{- $name := include "edgefleet.operatorName" . }}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -145,6 +191,7 @@ subjects:
   - kind: ServiceAccount
     name: {{ $name }}
     namespace: {{ .root.Release.Namespace }}
+{{- end }}
 {{- end -}}
 
 {{/* A PodDisruptionBudget keeping one replica of a multi-replica operator up. */}}

@@ -4,6 +4,8 @@
 mod channel;
 mod chart;
 mod crds;
+mod gitops;
+mod helm;
 mod hub;
 mod leader;
 mod objectsync;
