@@ -10,11 +10,11 @@
 
 # Binaries shipped in the image (cargo --bin names).
 # edge-agent and kubectl-edgefleet join this list when they land.
-ARG BINARIES="edgefleet-rollout edgefleet-objectsync edgefleet-hub"
+ARG BINARIES="edgefleet-rollout edgefleet-objectsync edgefleet-hub edge-agent kubectl-edgefleet"
 # Workspace binaries deliberately left out: build-time and test tools.
 ARG NOT_SHIPPED="crdgen sim-image-cache"
 
-FROM docker.io/library/rust:1.89-slim-bookworm AS build
+FROM docker.io/library/rust:1.95-slim-bookworm AS build
 ARG BINARIES
 WORKDIR /src
 COPY . .

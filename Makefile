@@ -17,7 +17,7 @@ demo: ## The main job: local cluster with $(NODES) edge nodes, CRDs via Helm, th
 	hack/demo --nodes $(NODES)
 
 .PHONY: test
-test: lint unit ## Everything CI runs: lint, unit tests, then e2e against a fresh local cluster.
+test: lint unit release-check ## Everything CI runs: lint, unit tests, the release build, then e2e against a fresh local cluster.
 	hack/cluster up --nodes 60
 	@if $(MAKE) --no-print-directory e2e; then \
 		hack/cluster down; \
