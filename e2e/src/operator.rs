@@ -183,16 +183,6 @@ impl Operator {
         format!("{}-{}", self.name, self.watch_namespace)
     }
 
-    /// The address of this process's /metrics server, from its log (it listens on a free port).
-    pub fn metrics_addr(&self) -> Option<String> {
-        self.log()
-            .lines()
-            .rev()
-            .find_map(|l| l.split("addr=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .map(str::to_owned)
-    }
-
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)

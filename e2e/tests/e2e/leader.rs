@@ -61,23 +61,9 @@ async fn exactly_one_leader_and_a_fast_handover() {
 }
 
 /// `<prefix>_*` samples of an operator's /metrics (labels kept in the name).
-fn scrape(operator: &Operator, prefix: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    use std::io::{Read, Write};
-    let addr = operator
-        .metrics_addr()
-        .ok_or_else(|| anyhow::anyhow!("no metrics address in the log yet"))?;
-    let mut conn = std::net::TcpStream::connect(&addr)?;
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut body = String::new();
-    conn.read_to_string(&mut body)?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect())
+async fn scrape(operator: &Operator, prefix: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let addr = operator.metrics_addr().await?;
+    edgefleet_e2e::edge::metrics(&addr.to_string(), prefix)
 }
 
 fn reconciles(m: &BTreeMap<String, f64>) -> f64 {
@@ -153,8 +139,8 @@ async fn only_the_lease_holder_reconciles_rolloutjobs() {
     )
     .await
     .unwrap();
-    let leader_metrics = scrape(leader, "edgefleet_rollout_").unwrap();
-    let follower_metrics = scrape(follower, "edgefleet_rollout_").unwrap();
+    let leader_metrics = scrape(leader, "edgefleet_rollout_").await.unwrap();
+    let follower_metrics = scrape(follower, "edgefleet_rollout_").await.unwrap();
     assert!(reconciles(&leader_metrics) >= 1.0, "{leader_metrics:?}");
     assert_eq!(leader_metrics["edgefleet_rollout_leader"], 1.0);
     assert_eq!(reconciles(&follower_metrics), 0.0, "{follower_metrics:?}");
@@ -199,7 +185,7 @@ async fn only_the_lease_holder_reconciles_rolloutjobs() {
         "the new leader to reconcile",
         Duration::from_secs(30),
         || async {
-            let m = scrape(follower, "edgefleet_rollout_")?;
+            let m = scrape(follower, "edgefleet_rollout_").await?;
             Ok((reconciles(&m) >= 1.0 && m["edgefleet_rollout_leader"] == 1.0).then_some(()))
         },
     )
