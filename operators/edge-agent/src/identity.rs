@@ -178,6 +178,14 @@ pub fn key_and_csr(node: &str) -> Result<(String, String), IdentityError> {
     Ok((key.serialize_pem(), csr))
 }
 
+/// An identity and where it came from.
+#[derive(Clone, Debug)]
+pub struct Obtained {
+    pub identity: Identity,
+    /// Issued now with the bootstrap token (else loaded from the data dir).
+    pub bootstrapped: bool,
+}
+
 /// The node's identity: loaded from `dir` when present, else bootstrapped (and saved when a
 /// `dir` is given; hollow agents without a data dir keep it in memory).
 pub async fn obtain(
@@ -186,11 +194,14 @@ pub async fn obtain(
     hub: &HubAddr,
     token: Option<&str>,
     hub_ca: Option<&str>,
-) -> Result<Identity, IdentityError> {
+) -> Result<Obtained, IdentityError> {
     if let Some(dir) = dir
         && let Some(identity) = Identity::load(dir)?
     {
-        return Ok(identity);
+        return Ok(Obtained {
+            identity,
+            bootstrapped: false,
+        });
     }
     let token = token.ok_or(IdentityError::NoToken)?;
     let identity = bootstrap(node, hub, token, hub_ca).await?;
@@ -198,7 +209,10 @@ pub async fn obtain(
         identity.save(dir)?;
         tracing::info!(node, dir = %dir.display(), "bootstrapped: certificate stored");
     }
-    Ok(identity)
+    Ok(Obtained {
+        identity,
+        bootstrapped: true,
+    })
 }
 
 /// `POST /v1/bootstrap`: the token and a CSR for a signed certificate and the hub's CA.
@@ -406,6 +420,18 @@ mod tests {
         let loaded = Identity::load(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.cert_pem, identity.cert_pem);
         loaded.client_config().unwrap();
+    }
+
+    #[tokio::test]
+    async fn stored_files_are_used_without_a_bootstrap() {
+        let dir = tempfile::tempdir().unwrap();
+        issued("edge-1").save(dir.path()).unwrap();
+        // No hub listens on port 1: only the stored files can answer.
+        let hub: HubAddr = "wss://127.0.0.1:1".parse().unwrap();
+        let obtained = obtain(Some(dir.path()), "edge-1", &hub, Some("t"), None)
+            .await
+            .unwrap();
+        assert!(!obtained.bootstrapped);
     }
 
     #[tokio::test]

@@ -98,7 +98,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     // Bootstrap walks the hub list as sessions do: a failed attempt moves to another hub.
     let mut hubs = config.hubs.cursor();
-    let tls = loop {
+    let (tls, bootstrapped) = loop {
         match identity::obtain(
             Some(&args.data_dir),
             &node,
@@ -107,9 +107,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
             hub_ca.as_deref(),
         )
         .await
-        .and_then(|id| id.client_config())
+        .and_then(|o| Ok((o.identity.client_config()?, o.bootstrapped)))
         {
-            Ok(tls) => break tls,
+            Ok(got) => break got,
             Err(e) if e.is_permanent() => return Err(e.to_string()),
             Err(e) => {
                 let delay = backoff.next_delay(None);
@@ -121,7 +121,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
             }
         }
     };
-    inc(&metrics.bootstraps);
+    if bootstrapped {
+        inc(&metrics.bootstraps);
+    }
     let agent = Agent {
         config,
         tls,

@@ -130,7 +130,7 @@ async fn hollow_agent(
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     // Each agent walks the hub list on its own: random picks spread the fleet over the hubs.
     let mut hubs = config.hubs.cursor();
-    let tls = loop {
+    let (tls, bootstrapped) = loop {
         let obtained = identity::obtain(
             dir.as_deref(),
             &node,
@@ -139,9 +139,9 @@ async fn hollow_agent(
             opts.hub_ca.as_deref(),
         )
         .await
-        .and_then(|id| id.client_config());
+        .and_then(|o| Ok((o.identity.client_config()?, o.bootstrapped)));
         match obtained {
-            Ok(tls) => break tls,
+            Ok(got) => break got,
             Err(e) if e.is_permanent() => {
                 tracing::error!(%node, error = %e, "no identity: this agent stays down");
                 return;
@@ -155,7 +155,9 @@ async fn hollow_agent(
             }
         }
     };
-    inc(&metrics.bootstraps);
+    if bootstrapped {
+        inc(&metrics.bootstraps);
+    }
     let agent = Agent {
         config,
         tls,
