@@ -224,6 +224,27 @@ impl Operator {
         }
     }
 
+    /// SIGTERM, as the kubelet stops a pod: the process shuts down on its own (bounded wait,
+    /// then SIGKILL).
+    pub fn terminate(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while sent.as_ref().is_ok_and(|s| s.success()) && std::time::Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("{} did not stop on SIGTERM ({sent:?})", self.name)
+    }
+
     /// Kills the process and starts a new one (a new identity, as a new pod would have).
     pub fn restart(&mut self) -> Result<()> {
         self.kill();

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real local control plane (`hack/cluster up`).
 //! One test binary, a module per area, so the workspace links once.
 
+mod agent;
 mod channel;
 mod chart;
 mod crds;
