@@ -559,6 +559,15 @@ async fn hub_resends_and_a_new_session_replaces_the_old() {
     assert_eq!(upd.header.resource_version, rv2);
     s2.alive().await.unwrap();
     drop(hub);
+    // No hub is left to ACK an edge delete: release the sync so the namespace can go.
+    ns.api::<ObjectSync>()
+        .patch(
+            &sync_name(&a, &uid),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
     cleanup_nodes(&client, &[a]).await;
 }
 
