@@ -4,7 +4,7 @@
 //! One trait, two stores: [`SqliteStore`] (the real agent: durable before the ACK) and
 //! [`MemoryStore`] (hollow agents in `simulate`). The session logic is the same code over either.
 //!
-//! Deletes leave a tombstone (the deleted RV), so a late resend of an older insert cannot bring
+//! Deletes leave a tombstone (the newest RV seen), so a late resend of an older insert cannot bring
 //! a deleted object back. Tombstones are pruned after [`TOMBSTONE_TTL`]: by then the hub has long
 //! given up resending (5 sends, 5 s apart).
 
@@ -114,9 +114,27 @@ pub fn compare_resource_versions(a: &str, b: &str) -> Ordering {
 
 /// Whether an incoming version should replace what is held.
 fn supersedes(incoming: &str, held: Option<&Entry>) -> bool {
-    held.is_none_or(|e| {
-        compare_resource_versions(incoming, e.resource_version()) == Ordering::Greater
-    })
+    held.is_none_or(
+        |e| match (e, compare_resource_versions(incoming, e.resource_version())) {
+            (_, Ordering::Greater) => true,
+            // A delete means "this node no longer needs it", not always "it is gone": the same
+            // version sent again (the node needs it again, unchanged) comes back. Only an older
+            // version, a late resend from before the delete, stays out.
+            (Entry::Deleted { .. }, Ordering::Equal) => true,
+            _ => false,
+        },
+    )
+}
+
+/// The version a tombstone keeps: the newer of what was held and what the delete names, so an
+/// insert older than anything this node saw stays out.
+fn tombstone_version(held: Option<&Entry>, rv: &str) -> String {
+    match held {
+        Some(e) if compare_resource_versions(e.resource_version(), rv) == Ordering::Greater => {
+            e.resource_version().to_string()
+        }
+        _ => rv.to_string(),
+    }
 }
 
 /// The store behind a session and the local API. Calls are synchronous and short (one row);
@@ -124,7 +142,8 @@ fn supersedes(incoming: &str, held: Option<&Entry>) -> bool {
 pub trait Store: Send + Sync {
     /// Insert or update `key` unless the held version is the same or newer.
     fn put(&self, key: &Key, object: Object) -> Result<Applied, StoreError>;
-    /// Delete `key` unless the held version is newer, or the held object is another one (uid).
+    /// Delete `key` unless the held object is another one (uid); a tombstone keeps the newest
+    /// version seen, so an older insert resent late stays out.
     fn delete(&self, key: &Key, uid: &str, resource_version: &str) -> Result<Applied, StoreError>;
     fn get(&self, key: &Key) -> Result<Option<Object>, StoreError>;
     /// Live objects of one type in one namespace, by name.
@@ -159,16 +178,10 @@ fn decide_put(held: Option<&Entry>, object: &Object) -> Option<Applied> {
 fn decide_delete(held: Option<&Entry>, uid: &str, rv: &str) -> Option<Applied> {
     // `None`: tombstone it. `Some`: nothing to do, ACK this version.
     match held {
-        Some(Entry::Live(o)) if uid.is_empty() || o.uid == uid => {
-            if compare_resource_versions(&o.resource_version, rv) == Ordering::Greater {
-                Some(Applied {
-                    changed: false,
-                    resource_version: o.resource_version.clone(),
-                })
-            } else {
-                None
-            }
-        }
+        // The same object: a delete is final whatever version it names. (Ignoring one that
+        // names an older version than held would still ACK it, and the hub would release the
+        // ObjectSync while the object stayed on the edge for good.)
+        Some(Entry::Live(o)) if uid.is_empty() || o.uid == uid => None,
         // Another object under the same name (recreated since): the delete is not about it.
         Some(Entry::Live(o)) => Some(Applied {
             changed: false,
@@ -222,16 +235,17 @@ impl Store for MemoryStore {
         if let Some(kept) = decide_delete(entries.get(key), uid, resource_version) {
             return Ok(kept);
         }
+        let resource_version = tombstone_version(entries.get(key), resource_version);
         entries.insert(
             key.clone(),
             Entry::Deleted {
                 uid: uid.to_string(),
-                resource_version: resource_version.to_string(),
+                resource_version: resource_version.clone(),
             },
         );
         Ok(Applied {
             changed: true,
-            resource_version: resource_version.to_string(),
+            resource_version,
         })
     }
 
@@ -384,9 +398,11 @@ impl Store for SqliteStore {
 
     fn delete(&self, key: &Key, uid: &str, resource_version: &str) -> Result<Applied, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        if let Some(kept) = decide_delete(Self::held(&conn, key)?.as_ref(), uid, resource_version) {
+        let held = Self::held(&conn, key)?;
+        if let Some(kept) = decide_delete(held.as_ref(), uid, resource_version) {
             return Ok(kept);
         }
+        let resource_version = tombstone_version(held.as_ref(), resource_version);
         conn.execute(
             "INSERT OR REPLACE INTO objects (type, namespace, name, uid, resource_version, body, deleted_at)
              VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
@@ -395,13 +411,13 @@ impl Store for SqliteStore {
                 key.namespace,
                 key.name,
                 uid,
-                resource_version,
+                &resource_version,
                 now_secs()
             ],
         )?;
         Ok(Applied {
             changed: true,
-            resource_version: resource_version.to_string(),
+            resource_version,
         })
     }
 
@@ -549,34 +565,38 @@ mod tests {
             .collect();
         assert_eq!(names, ["a", "odd"]);
         assert_eq!(store.export().unwrap().len(), 3);
-        // a delete older than held is ignored
+        // a delete of another uid (the name was reused) is ignored
+        assert!(!store.delete(&cm("a"), "other", "99").unwrap().changed);
+        assert!(store.get(&cm("a")).unwrap().is_some());
+        // a delete of the same object applies even when it names an older version than held
+        // (the ObjectSync is released on its ACK: ignoring it would strand the object); the
+        // tombstone keeps the newer version
         let d = store.delete(&cm("a"), "u1", "6").unwrap();
         assert_eq!(
             d,
+            Applied {
+                changed: true,
+                resource_version: "7".into()
+            }
+        );
+        assert!(store.get(&cm("a")).unwrap().is_none());
+        // a late resend of an older insert stays out
+        let late = store.put(&cm("a"), obj("u1", "6")).unwrap();
+        assert_eq!(
+            late,
             Applied {
                 changed: false,
                 resource_version: "7".into()
             }
         );
-        assert!(store.get(&cm("a")).unwrap().is_some());
-        // a delete of another uid (the name was reused) is ignored
-        assert!(!store.delete(&cm("a"), "other", "99").unwrap().changed);
-        assert!(store.get(&cm("a")).unwrap().is_some());
-        // a delete applies
-        assert!(store.delete(&cm("a"), "u1", "8").unwrap().changed);
-        assert!(store.get(&cm("a")).unwrap().is_none());
-        // a late resend of the older insert stays out
-        let late = store.put(&cm("a"), obj("u1", "7")).unwrap();
-        assert_eq!(
-            late,
-            Applied {
-                changed: false,
-                resource_version: "8".into()
-            }
-        );
         assert!(store.get(&cm("a")).unwrap().is_none());
         // a repeated delete ACKs again
-        assert!(!store.delete(&cm("a"), "u1", "8").unwrap().changed);
+        assert!(!store.delete(&cm("a"), "u1", "7").unwrap().changed);
+        // needed again, unchanged: the same version comes back
+        assert!(store.put(&cm("a"), obj("u1", "7")).unwrap().changed);
+        assert!(store.get(&cm("a")).unwrap().is_some());
+        assert!(store.delete(&cm("a"), "u1", "8").unwrap().changed);
+        assert!(store.get(&cm("a")).unwrap().is_none());
         // a recreated object (newer RV, new uid) comes back
         assert!(store.put(&cm("a"), obj("u9", "20")).unwrap().changed);
         assert_eq!(store.get(&cm("a")).unwrap().unwrap().uid, "u9");
