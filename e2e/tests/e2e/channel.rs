@@ -281,7 +281,7 @@ async fn channel_delivers_each_node_its_own_objects_and_deletes_on_the_edge() {
         .unwrap();
     wait_for(
         "A's store emptied and its syncs gone",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || async {
             let left = sim.objects(&a)?;
             let syncs = ns
