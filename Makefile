@@ -5,6 +5,8 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 NODES ?= 50
+# The demo as CI runs it: a small fleet, so it adds about two minutes.
+CI_DEMO_NODES ?= 20
 # The test bed's binaries (kubectl, helm) and kubeconfig, once `hack/cluster up` has run.
 CLUSTER_ENV = eval "$$(hack/cluster env)"
 
@@ -13,16 +15,26 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## The main job: local cluster with $(NODES) edge nodes, CRDs via Helm, the samples.
+demo: ## The main job: local cluster with $(NODES) edge nodes, the whole suite via Helm, a live rollout, Prometheus.
 	hack/demo --nodes $(NODES)
 
 .PHONY: test
-test: lint unit release-check ## Everything CI runs: lint, unit tests, the release build, then e2e against a fresh local cluster.
+test: lint unit release-check demo-check ## Everything CI runs: lint, unit tests, the release build, the demo, then e2e against a fresh local cluster.
 	hack/cluster up --nodes 60
 	@if $(MAKE) --no-print-directory e2e; then \
 		hack/cluster down; \
 	else \
 		echo "e2e failed: the cluster is left up for a look (eval \"\$$(hack/cluster env)\"; kubectl get all -A); 'hack/cluster down' removes it"; \
+		exit 1; \
+	fi
+
+.PHONY: demo-check
+demo-check: ## The demo on a fresh test bed (a running one is stopped) with $(CI_DEMO_NODES) nodes; fails unless the rollout completes and the edge got its objects.
+	hack/cluster down
+	@if hack/demo --nodes $(CI_DEMO_NODES); then \
+		hack/cluster down; \
+	else \
+		echo "demo failed: the cluster is left up for a look (eval \"\$$(hack/cluster env)\"; logs in hack/.cluster/logs); 'hack/cluster down' removes it"; \
 		exit 1; \
 	fi
 

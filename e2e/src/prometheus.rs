@@ -44,14 +44,17 @@ impl Prometheus {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("rules.yaml"), rules)?;
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             rule_files: [rules.yaml]\n\
-             scrape_configs:\n  - job_name: edgefleet\n    honor_labels: true\n    \
-             static_configs: [{{targets: [{}], labels: {{namespace: edgefleet-system}}}}]\n",
-            targets.join(", ")
-        );
+        // The config comes from the generator the demo uses too (hack/prometheus config).
+        let generated = Command::new(repo_root().join("hack/prometheus"))
+            .args(["config", "--interval=1s", "--rules=rules.yaml"])
+            .args(targets.iter().map(ToString::to_string))
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running hack/prometheus config")?;
+        if !generated.status.success() {
+            bail!("hack/prometheus config failed: {}", generated.status);
+        }
+        let config = String::from_utf8(generated.stdout)?;
         std::fs::write(dir.join("prometheus.yml"), config)?;
         let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse()?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;

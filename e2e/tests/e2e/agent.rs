@@ -14,6 +14,7 @@ use edgefleet_e2e::edge::{
 };
 use edgefleet_e2e::operator::binary;
 use edgefleet_e2e::{TestNamespace, client, install_crds, kubeconfig_path, repo_root, wait_for};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -585,4 +586,122 @@ async fn agent_simulate_spreads_hollow_nodes_over_two_hubs() {
         .await
         .unwrap();
     assert_eq!(syncs.items.len(), 1);
+}
+
+/// Field managers of a node's status and of its Lease: who writes its heartbeats.
+async fn heartbeat_writers(client: &Client, node: &str) -> Result<Vec<String>> {
+    let node_obj = Api::<Node>::all(client.clone()).get(node).await?;
+    let lease = Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+        .get(node)
+        .await?;
+    let mut writers: Vec<String> = node_obj
+        .managed_fields()
+        .iter()
+        .filter(|f| f.subresource.as_deref() == Some("status"))
+        .chain(lease.managed_fields())
+        .filter_map(|f| f.manager.clone())
+        .collect();
+    writers.sort();
+    writers.dedup();
+    Ok(writers)
+}
+
+fn ready_since(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.to_string())
+}
+
+/// 8: a hollow agent with `--node-status=false` on a node kwok already plays the kubelet of
+/// (the demo's shape): it gets its objects, and the Node's status and Lease keep one writer,
+/// kwok — the hub registers nothing and renews nothing, the Ready condition never moves.
+#[tokio::test]
+async fn agent_simulate_without_node_status_leaves_the_node_to_its_kubelet() {
+    let client = client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(&client, "agent-kubelet").await.unwrap();
+    let hub = HubProcess::start(&ns.name, &[]).await.unwrap();
+    let bed = Bed::new(&client, &ns.name).await.unwrap();
+    // A kwok node (the annotation is what kwok manages; no edge or kwok-type label, so other
+    // tests' DaemonSets and node counts leave it alone). Bed removes it with its Lease.
+    let prefix = format!("{}-k", ns.name);
+    let node = format!("{prefix}0007");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let manifest: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": node, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+    }))
+    .unwrap();
+    nodes
+        .create(&kube::api::PostParams::default(), &manifest)
+        .await
+        .unwrap();
+    wait_ready(&client, &node).await.unwrap();
+    wait_for(
+        "kwok to write the node's Lease",
+        Duration::from_secs(60),
+        || async { Ok(heartbeat_writers(&client, &node).await.ok()) },
+    )
+    .await
+    .unwrap();
+    let before = ready_since(&nodes.get(&node).await.unwrap());
+    assert_eq!(
+        heartbeat_writers(&client, &node).await.unwrap(),
+        ["kwok"],
+        "kwok is the kubelet"
+    );
+    let cm = configmap(&ns, "station-config", "1").await.unwrap();
+    let (uid, rv) = (cm.uid().unwrap(), cm.resource_version().unwrap());
+    object_sync(&ns, &node, "ConfigMap", "station-config", &uid)
+        .await
+        .unwrap();
+
+    let mut args = vec![
+        "--nodes=1".to_string(),
+        "--start-index=7".to_string(),
+        format!("--name-prefix={prefix}"),
+        "--name-width=4".to_string(),
+        "--node-status=false".to_string(),
+    ];
+    args.extend(bed.bootstrap_flags());
+    args.extend(hub_flags(&[&hub]));
+    let sim = Simulator::start(&format!("{}-simulate", ns.name), &args).unwrap();
+    let sync = sync_name(&node, &uid);
+    wait_for(
+        "the agent to hold and ack the ConfigMap",
+        Duration::from_secs(60),
+        || async {
+            let held = sim.objects(&node)?.iter().any(|o| o.resource_version == rv);
+            let acked = acked(&ns, &sync).await?.as_deref() == Some(rv.as_str());
+            Ok((held && acked).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // A session's registration and status come first on its wire, before any ACK: had the
+    // agent sent them, the hub would have written the Node and its Lease by now.
+    let writers = heartbeat_writers(&client, &node).await.unwrap();
+    assert_eq!(writers, ["kwok"], "one heartbeat writer");
+    let after = nodes.get(&node).await.unwrap();
+    assert!(is_ready(&after));
+    assert_eq!(
+        ready_since(&after),
+        before,
+        "the Ready condition never moved"
+    );
+    let hub_metrics = metrics(
+        &hub.op.metrics_addr().await.unwrap().to_string(),
+        "edgefleet_hub_edge_requests_total",
+    )
+    .unwrap();
+    assert!(
+        !hub_metrics
+            .keys()
+            .any(|k| k.contains("register") || k.contains("nodestatus")),
+        "the agent sent node status: {hub_metrics:?}"
+    );
 }

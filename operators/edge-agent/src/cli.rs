@@ -112,6 +112,7 @@ impl HubArgs {
             hubs: self.hubs()?,
             keepalive: Duration::from_secs(self.keepalive_seconds.max(1)),
             status_interval: Duration::from_secs(self.status_interval_seconds.max(1)),
+            node_status: true,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(self.backoff_cap_seconds.max(1)),
             read_buffer,
@@ -139,9 +140,12 @@ pub struct SimulateArgs {
     /// How many hollow agents.
     #[arg(long, env = "EDGEFLEET_SIM_NODES")]
     pub nodes: usize,
-    /// Node names are <prefix><index, 5 digits>.
+    /// Node names are <prefix><index, zero-padded to --name-width digits>.
     #[arg(long, env = "EDGEFLEET_SIM_PREFIX", default_value = "hollow-edge-")]
     pub name_prefix: String,
+    /// Digits of the index in node names (4 matches the test bed's kwok nodes, edge-0000).
+    #[arg(long, env = "EDGEFLEET_SIM_NAME_WIDTH", default_value_t = 5)]
+    pub name_width: usize,
     /// First index (several simulate processes can share a hub).
     #[arg(long, env = "EDGEFLEET_SIM_START_INDEX", default_value_t = 0)]
     pub start_index: usize,
@@ -160,6 +164,18 @@ pub struct SimulateArgs {
     /// Runtime worker threads.
     #[arg(long, env = "EDGEFLEET_SIM_WORKERS", default_value_t = 2)]
     pub worker_threads: usize,
+    /// Register each hollow node and send its heartbeats over the channel (the hub then writes
+    /// its Node status and Lease). `--node-status=false` when the nodes have a kubelet of their
+    /// own (kwok in the test bed): the agents only receive objects, one heartbeat writer per Node.
+    #[arg(
+        long,
+        env = "EDGEFLEET_SIM_NODE_STATUS",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub node_status: bool,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -252,6 +268,29 @@ mod tests {
             Cli::try_parse_from(["edge-agent", "simulate", "--nodes", "3", "--hub", "h:1"]).is_ok()
         );
         assert!(Cli::try_parse_from(["edge-agent", "simulate", "--nodes", "3"]).is_err());
+    }
+
+    fn simulate_args(args: &[&str]) -> SimulateArgs {
+        let mut argv = vec!["edge-agent", "simulate", "--nodes", "1", "--hub", "h:1"];
+        argv.extend_from_slice(args);
+        let Command::Simulate(sim) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        sim
+    }
+
+    #[test]
+    fn hollow_agents_report_node_status_unless_told_not_to() {
+        for (args, want) in [
+            (&[][..], true),
+            (&["--node-status"][..], true),
+            (&["--node-status=true"][..], true),
+            (&["--node-status=false"][..], false),
+        ] {
+            assert_eq!(simulate_args(args).node_status, want, "{args:?}");
+        }
+        assert_eq!(simulate_args(&[]).name_width, 5);
+        assert_eq!(simulate_args(&["--name-width=4"]).name_width, 4);
     }
 
     fn hubs_of(args: &[&str]) -> String {

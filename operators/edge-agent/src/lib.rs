@@ -34,6 +34,7 @@ pub(crate) mod tests_support {
             .into(),
             keepalive: Duration::from_secs(15),
             status_interval: Duration::from_secs(300),
+            node_status: true,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             read_buffer: 4096,

@@ -9,7 +9,7 @@ use edgefleet_channel::resource::is_valid_name;
 use edgefleet_edge_agent::backoff::Backoff;
 use edgefleet_edge_agent::cli::{self, Cli, Command, RunArgs, SimulateArgs};
 use edgefleet_edge_agent::metrics::{Metrics, inc};
-use edgefleet_edge_agent::session::{self, Agent};
+use edgefleet_edge_agent::session::{self, Agent, SessionConfig};
 use edgefleet_edge_agent::simulate::{self, SimulateOptions};
 use edgefleet_edge_agent::store::{SqliteStore, Store};
 use edgefleet_edge_agent::{api, identity};
@@ -156,6 +156,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
     let opts = SimulateOptions {
         nodes: args.nodes,
         name_prefix: args.name_prefix.clone(),
+        name_width: args.name_width,
         start_index: args.start_index,
         ramp_per_second: args.ramp_per_second,
         data_dir: args.data_dir.clone(),
@@ -163,7 +164,10 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         token: args.hub.token()?,
         hub_ca: args.hub.hub_ca()?,
         // Hollow agents receive little: a 4 KiB read buffer (it grows for a large frame).
-        session: args.hub.session("", 4 * 1024)?,
+        session: SessionConfig {
+            node_status: args.node_status,
+            ..args.hub.session("", 4 * 1024)?
+        },
     };
     let fleet = simulate::fleet(&opts).map_err(|e| e.to_string())?;
     serve(
@@ -172,7 +176,12 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         cancel.clone(),
     )
     .await?;
-    tracing::info!(nodes = args.nodes, hubs = %opts.session.hubs, "starting hollow agents");
+    tracing::info!(
+        nodes = args.nodes,
+        hubs = %opts.session.hubs,
+        node_status = args.node_status,
+        "starting hollow agents"
+    );
     simulate::run(opts, fleet, cancel).await;
     Ok(())
 }

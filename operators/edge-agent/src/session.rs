@@ -48,6 +48,10 @@ pub struct SessionConfig {
     pub keepalive: Duration,
     /// Period of the small `update /nodestatus/<node>` heartbeat after the first, full one.
     pub status_interval: Duration,
+    /// Register the Node and send its heartbeats over the channel (the hub writes them, as
+    /// KubeEdge's cloud side writes edgecore's). Off when something else is the node's kubelet
+    /// (kwok in the test bed): a Node has one heartbeat writer.
+    pub node_status: bool,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     /// WebSocket read buffer (eagerly allocated per session; small for hollow agents).
@@ -233,9 +237,12 @@ fn uplink(
 }
 
 /// What a session starts with: register the node, then a full status report (the hub marks it
-/// Ready).
-fn opening(node: &str) -> [Message; 2] {
-    [
+/// Ready); nothing when the agent does not report its node's status.
+fn opening(node: &str, node_status: bool) -> Vec<Message> {
+    if !node_status {
+        return Vec::new();
+    }
+    vec![
         uplink(
             Operation::Insert,
             ResourceType::Node,
@@ -259,7 +266,7 @@ async fn send(ws: &mut Ws, metrics: &Metrics, message: &Message) -> Result<(), W
 async fn session(agent: &Agent, mut ws: Ws, cancel: &CancellationToken) -> Ended {
     let cfg = &agent.config;
     let metrics = &*agent.metrics;
-    for message in opening(&cfg.node) {
+    for message in opening(&cfg.node, cfg.node_status) {
         if let Err(e) = send(&mut ws, metrics, &message).await {
             return Ended::Lost(format!("registering: {e}"));
         }
@@ -302,7 +309,7 @@ async fn session(agent: &Agent, mut ws: Ws, cancel: &CancellationToken) -> Ended
                     return Ended::Lost(format!("ping: {e}"));
                 }
             }
-            _ = status.tick() => {
+            _ = status.tick(), if cfg.node_status => {
                 let report = uplink(Operation::Update, ResourceType::NodeStatus, &cfg.node, node::status(false));
                 if let Err(e) = send(&mut ws, metrics, &report).await {
                     return Ended::Lost(format!("status: {e}"));
@@ -385,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_session_opens_with_registration_then_full_status() {
-        let [register, status] = opening("edge-1");
+        let [register, status] = <[Message; 2]>::try_from(opening("edge-1", true)).unwrap();
         assert_eq!(
             (
                 register.route.operation.as_str(),
@@ -406,6 +413,11 @@ mod tests {
             "{}",
             status.content
         );
+    }
+
+    #[test]
+    fn without_node_status_a_session_says_nothing_about_its_node() {
+        assert!(opening("edge-1", false).is_empty());
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Fleet {
 pub struct SimulateOptions {
     pub nodes: usize,
     pub name_prefix: String,
+    /// Digits of the zero-padded index in node names.
+    pub name_width: usize,
     pub start_index: usize,
     pub ramp_per_second: u32,
     pub data_dir: Option<PathBuf>,
@@ -56,15 +58,15 @@ pub struct SimulateOptions {
     pub session: SessionConfig,
 }
 
-pub fn node_name(prefix: &str, index: usize) -> String {
-    format!("{prefix}{index:05}")
+pub fn node_name(prefix: &str, width: usize, index: usize) -> String {
+    format!("{prefix}{index:0width$}")
 }
 
 /// Builds the fleet (stores opened, nothing connected yet).
 pub fn fleet(opts: &SimulateOptions) -> Result<Fleet, crate::store::StoreError> {
     let mut agents = BTreeMap::new();
     for i in opts.start_index..opts.start_index + opts.nodes {
-        let node = node_name(&opts.name_prefix, i);
+        let node = node_name(&opts.name_prefix, opts.name_width, i);
         let store: Arc<dyn Store> = match (&opts.data_dir, opts.sqlite) {
             (Some(dir), true) => {
                 let dir = dir.join(&node);
@@ -216,6 +218,7 @@ mod tests {
         SimulateOptions {
             nodes,
             name_prefix: "hollow-".into(),
+            name_width: 5,
             start_index: 3,
             ramp_per_second: 1000,
             data_dir: None,
@@ -275,6 +278,13 @@ mod tests {
         assert_eq!(code, StatusCode::NOT_FOUND);
         let (_, body) = get("/agents").await;
         assert_eq!(body[0], json!({"node": "hollow-00003", "connected": false}));
+    }
+
+    #[test]
+    fn node_names_are_zero_padded_to_the_width() {
+        assert_eq!(node_name("hollow-edge-", 5, 7), "hollow-edge-00007");
+        assert_eq!(node_name("edge-", 4, 7), "edge-0007");
+        assert_eq!(node_name("edge-", 4, 12345), "edge-12345");
     }
 
     #[tokio::test]
