@@ -177,3 +177,127 @@ async fn the_status_a_user_watches_only_moves_forward_and_names_each_batchs_stat
         );
     }
 }
+
+/// Issue 10: the workload lock was taken by a patch without a resourceVersion, so jobs created
+/// at the same instant could all take it and all start. Three jobs applied together: exactly
+/// one ever starts a batch; the others wait, saying for whom.
+#[tokio::test]
+async fn jobs_applied_together_take_the_workload_lock_one_at_a_time() {
+    let mut bed = bed("lockrace").await;
+    daemonset(&bed, "toll", (STATION, "station-4")).await;
+    // The operator is down while the jobs are created: its first list holds all three, and
+    // their first reconciles run side by side — the race the lock must survive.
+    bed.operator.kill();
+    let api: Api<RolloutJob> = bed.ns.api();
+    let names = ["one", "two", "three"];
+    let logs: Vec<StatusLog> = names
+        .iter()
+        .map(|n| StatusLog::start(api.clone(), n))
+        .collect();
+    // Each stops after its first batch of one, waiting for an approval that never comes.
+    let jobs = names.iter().enumerate().map(|(i, name)| {
+        let image = format!("registry.example/toll/agent:{}.0", i + 2);
+        let bed = &bed;
+        async move {
+            create_job(
+                bed,
+                name,
+                "toll",
+                &image,
+                serde_json::json!({"batches": {"steps": [{"size": 1, "pause": {}}, {"size": "100%"}]}}),
+            )
+            .await;
+        }
+    });
+    futures::future::join_all(jobs).await;
+    bed.operator.restart().unwrap();
+
+    let (winner, waiting) = wait_for(
+        "one job paused after its first batch, two waiting for it",
+        Duration::from_secs(120),
+        || async {
+            let mut paused = Vec::new();
+            let mut waiting = Vec::new();
+            for name in names {
+                let s = api.get(name).await?.status.unwrap_or_default();
+                let reason = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Progressing")
+                    .map(|c| (c.reason.clone(), c.message.clone()));
+                match (s.phase, reason) {
+                    (RolloutPhase::Paused, _) if s.current_batch == 1 => paused.push(name),
+                    (RolloutPhase::Pending, Some((r, m))) if r == "WaitingForWorkload" => {
+                        waiting.push((name, m));
+                    }
+                    _ => {}
+                }
+            }
+            Ok((paused.len() == 1 && waiting.len() == 2).then(|| (paused[0], waiting)))
+        },
+    )
+    .await
+    .unwrap();
+    for (name, message) in &waiting {
+        assert!(
+            message.contains(&format!("RolloutJob {winner}")),
+            "{name} waits for {winner}: {message}"
+        );
+    }
+    // Never more than one: no other job ever recorded a batch, and the workload and its pods
+    // carry only the winner's marks.
+    for (name, log) in names.iter().zip(&logs) {
+        if *name == winner {
+            continue;
+        }
+        let started: Vec<i32> = log.statuses().iter().map(|s| s.current_batch).collect();
+        assert!(
+            started.iter().all(|b| *b == 0),
+            "{name} started a batch while {winner} held the workload: {started:?}"
+        );
+    }
+    let winner_uid = api.get(winner).await.unwrap().metadata.uid.unwrap();
+    let ds = bed
+        .ns
+        .api::<k8s_openapi::api::apps::v1::DaemonSet>()
+        .get("toll")
+        .await
+        .unwrap();
+    let annotations = ds.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get(edgefleet_api::rollout::keys::WORKLOAD_LOCK_ANNOTATION)
+            .map(String::as_str),
+        Some(format!("{winner}/{winner_uid}").as_str())
+    );
+    assert_eq!(
+        annotations
+            .get(edgefleet_api::rollout::keys::PREVIOUS_IMAGE_ANNOTATION)
+            .map(String::as_str),
+        Some(crate::rollout::OLD),
+        "the image to restore is the one before any job"
+    );
+    let pods = bed
+        .ns
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .list(&Default::default())
+        .await
+        .unwrap();
+    for p in pods.items {
+        let a = p.metadata.annotations.unwrap_or_default();
+        let l = p.metadata.labels.unwrap_or_default();
+        for mark in [
+            a.get(edgefleet_api::rollout::keys::TARGET_BATCH_ANNOTATION),
+            l.get(edgefleet_api::rollout::keys::JOB_UID_LABEL),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(
+                mark.starts_with(&winner_uid),
+                "pod {:?} carries another job's mark {mark}",
+                p.metadata.name
+            );
+        }
+    }
+}

@@ -656,14 +656,54 @@ async fn prepare_workloads(
     workloads: &mut [Workload],
 ) -> Result<()> {
     for w in workloads {
-        if let Some(patch) =
+        // The lock is taken on the version read (409 when it changed): on a conflict, read
+        // it again and decide again — held by another job now, or merely updated (status).
+        let mut attempts = 0;
+        while let Some(patch) =
             workload::prepare_patch(&w.obj, &job.name_any(), uid, &w.container, &w.image)
         {
-            // The plan reads the workload as it is now (a StatefulSet's partition).
-            w.obj = patch_workload(ctx, ns, &w.obj, &patch).await?;
+            match patch_workload(ctx, ns, &w.obj, &patch).await {
+                Ok(stored) => {
+                    // The plan reads the workload as it is now (a StatefulSet's partition).
+                    w.obj = stored;
+                    break;
+                }
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempts < 3 => {
+                    attempts += 1;
+                    w.obj = get_workload(ctx, ns, &w.obj).await?;
+                    if let Some((holder, holder_uid)) = workload::lock_holder(&w.obj)
+                        && holder_uid != uid
+                    {
+                        return Err(Error::LockTaken {
+                            workload: w.obj.label(),
+                            holder,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
+}
+
+/// A workload as the API server holds it now.
+async fn get_workload(ctx: &Context, ns: &str, w: &workload::Object) -> Result<workload::Object> {
+    let client = ctx.client.clone();
+    let name = w.name();
+    Ok(match w {
+        workload::Object::DaemonSet(_) => {
+            workload::Object::DaemonSet(Api::<DaemonSet>::namespaced(client, ns).get(&name).await?)
+        }
+        workload::Object::StatefulSet(_) => workload::Object::StatefulSet(
+            Api::<StatefulSet>::namespaced(client, ns)
+                .get(&name)
+                .await?,
+        ),
+        workload::Object::Deployment(_) => workload::Object::Deployment(
+            Api::<Deployment>::namespaced(client, ns).get(&name).await?,
+        ),
+    })
 }
 
 /// Gives every workload this job holds back — restored when `finished`, frozen as it is when

@@ -16,6 +16,8 @@ pub enum Error {
     Timeout(std::time::Duration),
     #[error("building a patch: {0}")]
     Patch(#[from] serde_json::Error),
+    #[error("{workload} was taken by RolloutJob {holder} at the same time; this job waits for it")]
+    LockTaken { workload: String, holder: String },
 }
 
 impl MetricLabel for Error {
@@ -27,6 +29,7 @@ impl MetricLabel for Error {
             Self::MissingField(_) => "missing_field",
             Self::Timeout(_) => "timeout",
             Self::Patch(_) => "patch",
+            Self::LockTaken { .. } => "lock_taken",
         }
     }
 }
