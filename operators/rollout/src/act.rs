@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use serde_json::json;
 use std::collections::HashMap;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::RolloutMetrics;
 use crate::plan::{Action, Direction};
 use crate::prepull::{self, PrePullRequest};
@@ -89,7 +89,16 @@ impl Actor<'_> {
                 }
                 match self.pods.create(&PostParams::default(), &pod).await {
                     Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    // Created before (a repeated action): fine only if it is this very pull.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        match self.pods.get_opt(&name).await? {
+                            Some(existing) if prepull::is_same_prepull(&existing, &pod) => Ok(()),
+                            // Deleted in between: the next reconcile creates it again.
+                            None => Ok(()),
+                            Some(_) => Err(Error::PrePullNameTaken(name)),
+                        }
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

@@ -18,6 +18,8 @@ pub enum Error {
     Patch(#[from] serde_json::Error),
     #[error("{workload} was taken by RolloutJob {holder} at the same time; this job waits for it")]
     LockTaken { workload: String, holder: String },
+    #[error("pod {0} exists and is not this job's pre-pull pod for that node and attempt")]
+    PrePullNameTaken(String),
 }
 
 impl MetricLabel for Error {
@@ -30,6 +32,7 @@ impl MetricLabel for Error {
             Self::Timeout(_) => "timeout",
             Self::Patch(_) => "patch",
             Self::LockTaken { .. } => "lock_taken",
+            Self::PrePullNameTaken(_) => "prepull_name_taken",
         }
     }
 }
