@@ -139,6 +139,32 @@ pub(crate) async fn wait_phase(
     })
 }
 
+/// The operator's reconciles so far (`edgefleet_rollout_reconcile_total` of the process
+/// running now).
+async fn reconciles(bed: &Bed) -> anyhow::Result<f64> {
+    let addr = bed.operator.metrics_addr().await?.to_string();
+    let m = edgefleet_e2e::edge::metrics(&addr, "edgefleet_rollout_reconcile_total")?;
+    Ok(m.get("edgefleet_rollout_reconcile_total")
+        .copied()
+        .unwrap_or(0.0))
+}
+
+/// The positive signal a "nothing changed" check needs: the operator has run two more
+/// reconciles since this call. Reconciles of one job run one at a time, so the first that
+/// started after this moment has finished, acting on everything it saw: a check made after
+/// this fails if the operator would have changed something, however slow it is (a sleep
+/// passes when the operator is merely slow).
+pub(crate) async fn operator_looked_again(bed: &Bed) {
+    let start = reconciles(bed).await.unwrap();
+    wait_for(
+        "the operator to reconcile twice more",
+        Duration::from_secs(90),
+        || async { Ok((reconciles(bed).await? >= start + 2.0).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
 /// The DaemonSet's live pods by node.
 async fn pods_by_node(bed: &Bed, app: &str) -> BTreeMap<String, Pod> {
     let api: Api<Pod> = bed.ns.api();
@@ -422,7 +448,7 @@ async fn paused_holds_everything_and_resume_finishes() {
         .find(|c| c.type_ == "Paused")
         .unwrap();
     assert_eq!(paused.reason, "SpecPaused");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    operator_looked_again(&bed).await;
     let during = pods_by_node(&bed, "toll").await;
     for (node, pod) in &during {
         assert_eq!(pod.uid(), before[node].uid(), "{node} changed while paused");
@@ -531,7 +557,7 @@ async fn a_hand_edit_mid_rollout_pauses_the_job() {
     assert_eq!(paused.reason, "WorkloadChanged");
     assert!(paused.message.contains("agent:9.9"), "{}", paused.message);
     // The operator does not fight the person: the template keeps their image.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    operator_looked_again(&bed).await;
     let template = ds
         .get("toll")
         .await
@@ -596,7 +622,7 @@ async fn offline_nodes_are_skipped_or_waited_for() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    operator_looked_again(&bed).await;
     assert_eq!(
         api.get("wait").await.unwrap().status.unwrap().phase,
         RolloutPhase::Progressing
@@ -901,7 +927,7 @@ async fn explicit_steps_pause_until_approved() {
     );
     assert_eq!((status.current_batch, status.counts.updated), (1, 2));
     // Held: nothing more moves until approved.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    operator_looked_again(&bed).await;
     let updated = pods_by_node(&bed, "toll")
         .await
         .values()

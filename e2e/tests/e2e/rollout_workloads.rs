@@ -251,7 +251,7 @@ async fn a_deployment_on_a_node_that_cannot_pull_is_never_patched() {
     assert_eq!(paused.reason, "FailureBudgetExceeded");
 
     // b's template never changed, nor did c's (the budget stopped the job before it).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    crate::rollout::operator_looked_again(&bed).await;
     let api: Api<Deployment> = bed.ns.api();
     let template_image = |d: Deployment| {
         d.spec.unwrap().template.spec.unwrap().containers[0]
@@ -386,8 +386,20 @@ async fn a_statefulset_ordinal_that_cannot_pull_blocks_the_ordinals_below_it() {
         ])
     );
     // Only db-3 was swapped; the others keep their pods, held back by the partition even
-    // after the job let go of the StatefulSet.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // after the job let go of the StatefulSet: checked once the StatefulSet controller has
+    // acted on the released spec (its observedGeneration), not after a guessed sleep.
+    let sts_api: Api<StatefulSet> = bed.ns.api();
+    wait_for(
+        "the StatefulSet controller to observe the released spec",
+        Duration::from_secs(60),
+        || async {
+            let sts = sts_api.get("db").await?;
+            let observed = sts.status.as_ref().and_then(|s| s.observed_generation);
+            Ok((observed >= sts.metadata.generation).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     let after = pods_by_name(&bed, "db").await;
     assert_eq!(image_of(&after["db-3"]), image);
     for name in ["db-2", "db-1", "db-0"] {
