@@ -728,6 +728,58 @@ async fn lease_holder(client: &Client, lease: &str) -> anyhow::Result<Option<Str
         .and_then(|l| l.spec?.holder_identity))
 }
 
+/// Kills (SIGKILL) the replica holding the Lease — never a standby still waiting for it —
+/// each time the job has written progress since the last kill, `times` times or until the job
+/// completes. Returns how many kills hit a Lease holder.
+pub(crate) async fn kill_leaders_as_the_job_progresses(
+    bed: &mut Bed,
+    standby: &mut Operator,
+    job: &str,
+    times: usize,
+) -> usize {
+    let api: Api<RolloutJob> = bed.ns.api();
+    let lease = bed.operator.lease_name();
+    let mut last = String::new();
+    let mut kills = 0;
+    while kills < times {
+        let (operator, standby_id) = (bed.operator.identity(), standby.identity());
+        let found = wait_for(
+            "job progress under a live Lease holder",
+            Duration::from_secs(120),
+            || async {
+                let j = api.get(job).await?;
+                if j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RolloutPhase::Completed)
+                {
+                    return Ok(Some(None));
+                }
+                let version = j.metadata.resource_version.clone().unwrap_or_default();
+                let holder = lease_holder(&bed.client, &lease).await?;
+                Ok(match holder {
+                    Some(h) if version != last && (h == operator || h == standby_id) => {
+                        Some(Some((h, version)))
+                    }
+                    _ => None,
+                })
+            },
+        )
+        .await
+        .unwrap();
+        let Some((holder, version)) = found else {
+            break;
+        };
+        if holder == bed.operator.identity() {
+            bed.operator.restart().unwrap();
+        } else {
+            standby.restart().unwrap();
+        }
+        last = version;
+        kills += 1;
+    }
+    kills
+}
+
 /// Two replicas; the one holding the Lease is killed (SIGKILL) while a target is choosing,
 /// pulling, swapping or verifying — never a standby still waiting for the Lease — until each
 /// kind of step has been hit. The job ends with every node swapped exactly once.
