@@ -139,6 +139,32 @@ pub(crate) async fn wait_phase(
     })
 }
 
+/// The operator's reconciles so far (`edgefleet_rollout_reconcile_total` of the process
+/// running now).
+async fn reconciles(bed: &Bed) -> anyhow::Result<f64> {
+    let addr = bed.operator.metrics_addr().await?.to_string();
+    let m = edgefleet_e2e::edge::metrics(&addr, "edgefleet_rollout_reconcile_total")?;
+    Ok(m.get("edgefleet_rollout_reconcile_total")
+        .copied()
+        .unwrap_or(0.0))
+}
+
+/// The positive signal a "nothing changed" check needs: the operator has run two more
+/// reconciles since this call. Reconciles of one job run one at a time, so the first that
+/// started after this moment has finished, acting on everything it saw: a check made after
+/// this fails if the operator would have changed something, however slow it is (a sleep
+/// passes when the operator is merely slow).
+pub(crate) async fn operator_looked_again(bed: &Bed) {
+    let start = reconciles(bed).await.unwrap();
+    wait_for(
+        "the operator to reconcile twice more",
+        Duration::from_secs(90),
+        || async { Ok((reconciles(bed).await? >= start + 2.0).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
 /// The DaemonSet's live pods by node.
 async fn pods_by_node(bed: &Bed, app: &str) -> BTreeMap<String, Pod> {
     let api: Api<Pod> = bed.ns.api();
@@ -422,7 +448,7 @@ async fn paused_holds_everything_and_resume_finishes() {
         .find(|c| c.type_ == "Paused")
         .unwrap();
     assert_eq!(paused.reason, "SpecPaused");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    operator_looked_again(&bed).await;
     let during = pods_by_node(&bed, "toll").await;
     for (node, pod) in &during {
         assert_eq!(pod.uid(), before[node].uid(), "{node} changed while paused");
@@ -531,7 +557,7 @@ async fn a_hand_edit_mid_rollout_pauses_the_job() {
     assert_eq!(paused.reason, "WorkloadChanged");
     assert!(paused.message.contains("agent:9.9"), "{}", paused.message);
     // The operator does not fight the person: the template keeps their image.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    operator_looked_again(&bed).await;
     let template = ds
         .get("toll")
         .await
@@ -596,7 +622,7 @@ async fn offline_nodes_are_skipped_or_waited_for() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    operator_looked_again(&bed).await;
     assert_eq!(
         api.get("wait").await.unwrap().status.unwrap().phase,
         RolloutPhase::Progressing
@@ -615,28 +641,213 @@ async fn offline_nodes_are_skipped_or_waited_for() {
     assert!(pulls(&bed.pods.events()).contains_key(offline));
 }
 
+/// A step of a target's life that the cluster shows while it is in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    /// Chosen for a batch (its pod marked), no pre-pull pod yet.
+    Choosing,
+    /// A pre-pull pod, its swap not started.
+    Pulling,
+    /// Swap started (pre-pull pod marked), no Ready new pod on the node yet.
+    Swapping,
+    /// The new pod Ready, the target not finished (its pre-pull pod still there).
+    Verifying,
+}
+
+/// The steps some target of the job is in right now, read from the cluster.
+async fn steps_in_progress(bed: &Bed, app: &str, job_uid: &str) -> anyhow::Result<BTreeSet<Step>> {
+    let pods = bed
+        .ns
+        .api::<Pod>()
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut new_ready: BTreeSet<String> = BTreeSet::new();
+    let mut prepulled: BTreeSet<String> = BTreeSet::new();
+    for p in &pods {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if p.labels().get("app").map(String::as_str) == Some(app)
+            && image_of(p) == NEW
+            && ready
+            && p.metadata.deletion_timestamp.is_none()
+        {
+            new_ready.insert(node.clone());
+        }
+        if p.labels().get(keys::JOB_UID_LABEL).map(String::as_str) == Some(job_uid) {
+            prepulled.insert(node);
+        }
+    }
+    let mut steps = BTreeSet::new();
+    for p in &pods {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if p.labels().get(keys::JOB_UID_LABEL).map(String::as_str) == Some(job_uid) {
+            steps.insert(
+                match (
+                    p.annotations().contains_key(keys::SWAPPED_AT_ANNOTATION),
+                    new_ready.contains(&node),
+                ) {
+                    (false, _) => Step::Pulling,
+                    (true, false) => Step::Swapping,
+                    (true, true) => Step::Verifying,
+                },
+            );
+        } else if p.labels().get("app").map(String::as_str) == Some(app)
+            && image_of(p) == OLD
+            && p.metadata.deletion_timestamp.is_none()
+            && p.annotations()
+                .get(keys::TARGET_BATCH_ANNOTATION)
+                .is_some_and(|b| b.starts_with(job_uid))
+            && !prepulled.contains(&node)
+        {
+            steps.insert(Step::Choosing);
+        }
+    }
+    Ok(steps)
+}
+
+/// Who holds the operator's Lease now.
+async fn lease_holder(client: &Client, lease: &str) -> anyhow::Result<Option<String>> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), edgefleet_e2e::operator::SYSTEM_NAMESPACE);
+    Ok(leases
+        .get_opt(lease)
+        .await?
+        .and_then(|l| l.spec?.holder_identity))
+}
+
+/// Kills (SIGKILL) the replica holding the Lease — never a standby still waiting for it —
+/// each time the job has written progress since the last kill, `times` times or until the job
+/// completes. Returns how many kills hit a Lease holder.
+pub(crate) async fn kill_leaders_as_the_job_progresses(
+    bed: &mut Bed,
+    standby: &mut Operator,
+    job: &str,
+    times: usize,
+) -> usize {
+    let api: Api<RolloutJob> = bed.ns.api();
+    let lease = bed.operator.lease_name();
+    let mut last = String::new();
+    let mut kills = 0;
+    while kills < times {
+        let (operator, standby_id) = (bed.operator.identity(), standby.identity());
+        let found = wait_for(
+            "job progress under a live Lease holder",
+            Duration::from_secs(120),
+            || async {
+                let j = api.get(job).await?;
+                if j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RolloutPhase::Completed)
+                {
+                    return Ok(Some(None));
+                }
+                let version = j.metadata.resource_version.clone().unwrap_or_default();
+                let holder = lease_holder(&bed.client, &lease).await?;
+                Ok(match holder {
+                    Some(h) if version != last && (h == operator || h == standby_id) => {
+                        Some(Some((h, version)))
+                    }
+                    _ => None,
+                })
+            },
+        )
+        .await
+        .unwrap();
+        let Some((holder, version)) = found else {
+            break;
+        };
+        if holder == bed.operator.identity() {
+            bed.operator.restart().unwrap();
+        } else {
+            standby.restart().unwrap();
+        }
+        last = version;
+        kills += 1;
+    }
+    kills
+}
+
+/// Two replicas; the one holding the Lease is killed (SIGKILL) while a target is choosing,
+/// pulling, swapping or verifying — never a standby still waiting for the Lease — until each
+/// kind of step has been hit. The job ends with every node swapped exactly once.
 #[tokio::test]
 async fn an_operator_killed_mid_batch_resumes_without_a_double_or_missed_swap() {
     let mut bed = bed("restart").await;
+    let mut standby = Operator::start_replica("rollout", &bed.ns.name)
+        .await
+        .unwrap();
     daemonset(&bed, "toll", (STATION, "station-2")).await;
     create_job(
         &bed,
         "to-v2",
         "toll",
         NEW,
-        serde_json::json!({"batches": {"size": 4}}),
+        serde_json::json!({
+            "batches": {"size": 4},
+            "prePull": {"parallelism": 2},
+            "verify": {"readyTimeoutSeconds": 120, "minReadySeconds": 3},
+        }),
     )
     .await;
-    // Kill it at different points of the batches: while choosing, pulling, swapping, verifying.
     let api: Api<RolloutJob> = bed.ns.api();
-    for delay_ms in [700, 1300, 1900, 2500, 3100, 900, 1700] {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        bed.operator.restart().unwrap();
-        let phase = api.get("to-v2").await.unwrap().status.map(|s| s.phase);
-        if phase == Some(RolloutPhase::Completed) {
-            break;
+    let uid = wait_for("the job's uid", Duration::from_secs(30), || async {
+        Ok(api.get("to-v2").await?.metadata.uid)
+    })
+    .await
+    .unwrap();
+    let lease = bed.operator.lease_name();
+    let mut hit: BTreeSet<Step> = BTreeSet::new();
+    let mut kills = Vec::new();
+    while hit.len() < 4 {
+        // A step not hit yet in progress, while a live replica of ours holds the Lease.
+        let found = wait_for(
+            &format!("a step other than {hit:?} under a Lease holder"),
+            Duration::from_secs(120),
+            || async {
+                if api
+                    .get("to-v2")
+                    .await?
+                    .status
+                    .is_some_and(|s| s.phase == RolloutPhase::Completed)
+                {
+                    anyhow::bail!("the job completed before every step was hit: {hit:?}");
+                }
+                let Some(holder) = lease_holder(&bed.client, &lease).await? else {
+                    return Ok(None);
+                };
+                if holder != bed.operator.identity() && holder != standby.identity() {
+                    return Ok(None); // a killed replica's Lease, not expired yet
+                }
+                let steps = steps_in_progress(&bed, "toll", &uid).await?;
+                let fresh: Vec<Step> = steps.difference(&hit).copied().collect();
+                Ok((!fresh.is_empty()).then_some((holder, fresh)))
+            },
+        )
+        .await
+        .unwrap();
+        let (holder, fresh) = found;
+        if holder == bed.operator.identity() {
+            bed.operator.restart().unwrap();
+        } else {
+            standby.restart().unwrap();
         }
+        kills.push((holder, fresh.clone()));
+        hit.extend(fresh);
     }
+    eprintln!("killed the Lease holder at: {kills:?}");
     wait_phase(&bed, "to-v2", RolloutPhase::Completed, 240).await;
     let pods = pods_by_node(&bed, "toll").await;
     assert_eq!(pods.len(), 10);
@@ -768,7 +979,7 @@ async fn explicit_steps_pause_until_approved() {
     );
     assert_eq!((status.current_batch, status.counts.updated), (1, 2));
     // Held: nothing more moves until approved.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    operator_looked_again(&bed).await;
     let updated = pods_by_node(&bed, "toll")
         .await
         .values()

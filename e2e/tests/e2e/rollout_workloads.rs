@@ -2,9 +2,11 @@
 //! (kwok simulates the pulls, as in [`crate::rollout`]).
 
 use crate::rollout::{
-    Bed, NEW, OLD, STATION, bed, create_job, deletions, image_of, pulls, wait_phase,
+    Bed, NEW, OLD, STATION, bed, create_job, deletions, image_of,
+    kill_leaders_as_the_job_progresses, pulls, wait_phase,
 };
-use edgefleet_api::rollout::{RolloutJob, RolloutPhase, keys};
+use edgefleet_api::rollout::{RolloutPhase, keys};
+use edgefleet_e2e::operator::Operator;
 use edgefleet_e2e::podlog::Seen;
 use edgefleet_e2e::wait_for;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -251,7 +253,7 @@ async fn a_deployment_on_a_node_that_cannot_pull_is_never_patched() {
     assert_eq!(paused.reason, "FailureBudgetExceeded");
 
     // b's template never changed, nor did c's (the budget stopped the job before it).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    crate::rollout::operator_looked_again(&bed).await;
     let api: Api<Deployment> = bed.ns.api();
     let template_image = |d: Deployment| {
         d.spec.unwrap().template.spec.unwrap().containers[0]
@@ -386,8 +388,20 @@ async fn a_statefulset_ordinal_that_cannot_pull_blocks_the_ordinals_below_it() {
         ])
     );
     // Only db-3 was swapped; the others keep their pods, held back by the partition even
-    // after the job let go of the StatefulSet.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // after the job let go of the StatefulSet: checked once the StatefulSet controller has
+    // acted on the released spec (its observedGeneration), not after a guessed sleep.
+    let sts_api: Api<StatefulSet> = bed.ns.api();
+    wait_for(
+        "the StatefulSet controller to observe the released spec",
+        Duration::from_secs(60),
+        || async {
+            let sts = sts_api.get("db").await?;
+            let observed = sts.status.as_ref().and_then(|s| s.observed_generation);
+            Ok((observed >= sts.metadata.generation).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     let after = pods_by_name(&bed, "db").await;
     assert_eq!(image_of(&after["db-3"]), image);
     for name in ["db-2", "db-1", "db-0"] {
@@ -421,15 +435,16 @@ async fn an_operator_killed_mid_statefulset_rollout_swaps_each_ordinal_once() {
         }),
     )
     .await;
-    let api: Api<RolloutJob> = bed.ns.api();
-    for delay_ms in [700, 1300, 1900, 2500, 900, 1700, 1100] {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        bed.operator.restart().unwrap();
-        let phase = api.get("to-v2").await.unwrap().status.map(|s| s.phase);
-        if phase == Some(RolloutPhase::Completed) {
-            break;
-        }
-    }
+    // Only the Lease holder is killed, each time the job moved on (a kill of a standby
+    // waiting for the Lease tests nothing).
+    let mut standby = Operator::start_replica("rollout", &bed.ns.name)
+        .await
+        .unwrap();
+    let kills = kill_leaders_as_the_job_progresses(&mut bed, &mut standby, "to-v2", 4).await;
+    assert!(
+        kills >= 2,
+        "only {kills} kills hit a Lease holder before the job ended"
+    );
     wait_phase(&bed, "to-v2", RolloutPhase::Completed, 240).await;
     let after = pods_by_name(&bed, "db").await;
     assert_eq!(after.len(), 4);
@@ -536,15 +551,16 @@ async fn an_operator_killed_mid_deployment_rollout_patches_each_deployment_once(
         }),
     )
     .await;
-    let api: Api<RolloutJob> = bed.ns.api();
-    for delay_ms in [700, 1300, 1900, 900, 1700, 1100] {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        bed.operator.restart().unwrap();
-        let phase = api.get("to-v2").await.unwrap().status.map(|s| s.phase);
-        if phase == Some(RolloutPhase::Completed) {
-            break;
-        }
-    }
+    // Only the Lease holder is killed, each time the job moved on (a kill of a standby
+    // waiting for the Lease tests nothing).
+    let mut standby = Operator::start_replica("rollout", &bed.ns.name)
+        .await
+        .unwrap();
+    let kills = kill_leaders_as_the_job_progresses(&mut bed, &mut standby, "to-v2", 4).await;
+    assert!(
+        kills >= 2,
+        "only {kills} kills hit a Lease holder before the job ended"
+    );
     let job = wait_phase(&bed, "to-v2", RolloutPhase::Completed, 240).await;
     assert_eq!(job.status.unwrap().counts.updated, 4);
     let events = bed.pods.events();

@@ -198,7 +198,7 @@ pub struct RolloutTarget {
     /// DaemonSet, Deployment or StatefulSet.
     pub kind: WorkloadKind,
     /// Selects workloads of that kind in the RolloutJob's namespace by their labels.
-    #[x_kube(validation = Rule::new("has(self.matchLabels) || has(self.matchExpressions)").message("spec.target.selector must have matchLabels or matchExpressions; an empty selector would select every workload"))]
+    #[schemars(schema_with = "workload_selector_schema")]
     pub selector: LabelSelector,
     /// The container to update; may be omitted when the pod template has one container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,6 +525,55 @@ fn tolerance_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "Failed targets (pull failed, timed out, not Ready) tolerated: a count or a percentage of all targets. Default 0: the first failure triggers the action.",
     );
     schema.insert("default".into(), serde_json::json!(0));
+    schema
+}
+
+/// The operators a label selector knows. Anything else is refused by the API server: the
+/// operator must never guess (an unknown operator once rendered as `!key`, selecting every
+/// workload *without* the label).
+pub const SELECTOR_OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
+
+/// A `LabelSelector` that cannot widen: not empty, only known operators, `values` exactly
+/// when the operator takes them. Bounded lists keep the CEL rules' cost estimate low.
+fn workload_selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<LabelSelector>();
+    if let Some(expressions) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("matchExpressions"))
+        .and_then(|e| e.as_object_mut())
+    {
+        expressions.insert("maxItems".into(), serde_json::json!(32));
+        if let Some(item) = expressions.get_mut("items").and_then(|i| i.as_object_mut()) {
+            if let Some(operator) = item
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("operator"))
+                .and_then(|o| o.as_object_mut())
+            {
+                operator.insert("enum".into(), serde_json::json!(SELECTOR_OPERATORS));
+            }
+            if let Some(values) = item
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("values"))
+                .and_then(|v| v.as_object_mut())
+            {
+                values.insert("maxItems".into(), serde_json::json!(256));
+            }
+            item.insert(
+                "x-kubernetes-validations".into(),
+                serde_json::json!([{
+                    "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+                    "message": "spec.target.selector.matchExpressions: In and NotIn need values; Exists and DoesNotExist take none",
+                }]),
+            );
+        }
+    }
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{
+            "rule": "has(self.matchLabels) || has(self.matchExpressions)",
+            "message": "spec.target.selector must have matchLabels or matchExpressions; an empty selector would select every workload",
+        }]),
+    );
     schema
 }
 

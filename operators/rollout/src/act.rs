@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use serde_json::json;
 use std::collections::HashMap;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::RolloutMetrics;
 use crate::plan::{Action, Direction};
 use crate::prepull::{self, PrePullRequest};
@@ -89,7 +89,16 @@ impl Actor<'_> {
                 }
                 match self.pods.create(&PostParams::default(), &pod).await {
                     Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    // Created before (a repeated action): fine only if it is this very pull.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        match self.pods.get_opt(&name).await? {
+                            Some(existing) if prepull::is_same_prepull(&existing, &pod) => Ok(()),
+                            // Deleted in between: the next reconcile creates it again.
+                            None => Ok(()),
+                            Some(_) => Err(Error::PrePullNameTaken(name)),
+                        }
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -99,14 +108,14 @@ impl Actor<'_> {
                 prepull,
                 ..
             } => {
-                if let Some((pp, created)) = prepull {
-                    // The clock of the interruption starts here; recorded before the delete so a
-                    // restart in between still knows the swap was started. The plan only asks
-                    // for the mark when the pre-pull pod has none yet: no read needed.
+                if let Some((pp, created)) = &prepull {
+                    // Recorded before the delete so a restart in between still knows the swap
+                    // was started. The plan only asks for the mark when the pre-pull pod has
+                    // none yet: no read needed.
                     self.metrics
                         .prepull_duration
-                        .observe(now.duration_since(created).as_secs_f64());
-                    self.annotate(&pp, keys::SWAPPED_AT_ANNOTATION, &now.to_string())
+                        .observe(now.duration_since(*created).as_secs_f64());
+                    self.annotate(pp, keys::SWAPPED_AT_ANNOTATION, &now.to_string())
                         .await?;
                 }
                 let params = DeleteParams {
@@ -116,7 +125,19 @@ impl Actor<'_> {
                     }),
                     ..DeleteParams::default()
                 };
-                ignore_gone(self.pods.delete(&pod, &params).await.map(|_| ()))
+                ignore_gone(self.pods.delete(&pod, &params).await.map(|_| ()))?;
+                if let Some((pp, _)) = &prepull {
+                    // The interruption runs from the old pod's delete (as a pod watch sees it),
+                    // not from the mark before it: the swap time is moved to when the API
+                    // server accepted the delete.
+                    self.annotate(
+                        pp,
+                        keys::SWAPPED_AT_ANNOTATION,
+                        &Timestamp::now().to_string(),
+                    )
+                    .await?;
+                }
+                Ok(())
             }
             Action::LowerPartition {
                 statefulset,
@@ -175,15 +196,25 @@ impl Actor<'_> {
                 interruption,
             } => {
                 if !batch.is_empty() {
-                    self.annotate(
-                        &pod,
-                        keys::TARGET_BATCH_ANNOTATION,
-                        &batch_annotation(&uid, &batch, now),
-                    )
-                    .await?;
-                }
-                if let Some(d) = interruption {
-                    self.metrics.interruption.observe(d.as_secs_f64().max(0.0));
+                    let marked = self
+                        .mark_once(
+                            &pod,
+                            keys::TARGET_BATCH_ANNOTATION,
+                            &batch_annotation(&uid, &batch, now),
+                        )
+                        .await?;
+                    match (marked, interruption) {
+                        // Observed by the call that marked the pod only: the mark on the
+                        // cluster says "interruption recorded", across re-reconciles, a stale
+                        // cache, two replicas and restarts.
+                        (Mark::Set, Some(d)) => {
+                            self.metrics.interruption.observe(d.as_secs_f64().max(0.0));
+                        }
+                        // Written in between (the kubelet's status): the pre-pull pod stays, so
+                        // the next reconcile finishes the target again.
+                        (Mark::Conflict, _) => return Ok(()),
+                        _ => {}
+                    }
                 }
                 ignore_gone(
                     self.pods
@@ -222,6 +253,31 @@ impl Actor<'_> {
         )
     }
 
+    /// Sets `key` on a pod that does not carry it yet, guarded by the version read (a 409
+    /// when someone wrote in between).
+    async fn mark_once(&self, pod: &str, key: &str, value: &str) -> Result<Mark> {
+        let Some(current) = self.pods.get_opt(pod).await? else {
+            return Ok(Mark::Already);
+        };
+        if ours_for(&current, key, self.job) {
+            return Ok(Mark::Already);
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": current.resource_version(),
+            "annotations": {key: value},
+        }});
+        match self
+            .pods
+            .patch(pod, &self.params(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(Mark::Set),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Mark::Already),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Mark::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn annotate(&self, pod: &str, key: &str, value: &str) -> Result<()> {
         let patch = json!({"metadata": {"annotations": {key: value}}});
         ignore_gone(
@@ -231,6 +287,24 @@ impl Actor<'_> {
                 .map(|_| ()),
         )
     }
+}
+
+/// What [`Actor::mark_once`] did.
+enum Mark {
+    /// This call set the mark.
+    Set,
+    /// The mark was there already (or the pod is gone): nothing to do.
+    Already,
+    /// The pod changed between the read and the write: try again later.
+    Conflict,
+}
+
+/// Whether a pod's `key` annotation is this job's (`<uid>/...`).
+fn ours_for(pod: &Pod, key: &str, job: &RolloutJob) -> bool {
+    let uid = job.uid().unwrap_or_default();
+    pod.annotations()
+        .get(key)
+        .is_some_and(|v| v.starts_with(&format!("{uid}/")))
 }
 
 /// A pod that is already gone is what a delete wanted, and an annotation on it no longer matters.

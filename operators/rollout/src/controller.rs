@@ -171,8 +171,10 @@ async fn reconcile(job: Arc<RolloutJob>, ctx: Arc<Context>) -> Result<Requeue> {
     }
 }
 
-/// A label selector as the API's query string.
-pub fn selector_string(selector: &LabelSelector) -> String {
+/// A label selector as the API's query string, or why it cannot be one. Anything not
+/// understood is an error, never rendered: a selector must never select more than it says (an
+/// unknown operator once rendered as `!key`, selecting every workload without the label).
+pub fn selector_string(selector: &LabelSelector) -> std::result::Result<String, String> {
     let mut parts: Vec<String> = selector
         .match_labels
         .iter()
@@ -180,15 +182,33 @@ pub fn selector_string(selector: &LabelSelector) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
+        let values = e.values.clone().unwrap_or_default();
+        let key = &e.key;
+        parts.push(match (e.operator.as_str(), values.is_empty()) {
+            ("In", false) => format!("{key} in ({})", values.join(",")),
+            ("NotIn", false) => format!("{key} notin ({})", values.join(",")),
+            ("Exists", true) => key.clone(),
+            ("DoesNotExist", true) => format!("!{key}"),
+            ("In" | "NotIn", true) => {
+                return Err(format!("operator {} on {key:?} needs values", e.operator));
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err(format!(
+                    "operator {} on {key:?} takes no values",
+                    e.operator
+                ));
+            }
+            (other, _) => {
+                return Err(format!(
+                    "unknown operator {other:?} on {key:?} (one of In, NotIn, Exists, DoesNotExist)"
+                ));
+            }
         });
     }
-    parts.join(",")
+    if parts.is_empty() {
+        return Err("an empty selector would select every workload".into());
+    }
+    Ok(parts.join(","))
 }
 
 /// One workload the job drives, resolved against the cluster.
@@ -488,7 +508,17 @@ async fn resolve_workloads(
 ) -> Result<std::result::Result<Vec<Workload>, Blocked>> {
     let spec = &job.spec;
     let kind = spec.target.kind;
-    let selector = selector_string(&spec.target.selector);
+    let selector = match selector_string(&spec.target.selector) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Err(Blocked {
+                phase: RolloutPhase::Failed,
+                reason: "InvalidSelector",
+                message: format!("spec.target.selector: {e}"),
+                requeue: Duration::from_secs(300),
+            }));
+        }
+    };
     let list = list_workloads(ctx, ns, kind, &ListParams::default().labels(&selector)).await?;
     if list.is_empty() {
         return Ok(Err(Blocked {
@@ -626,14 +656,54 @@ async fn prepare_workloads(
     workloads: &mut [Workload],
 ) -> Result<()> {
     for w in workloads {
-        if let Some(patch) =
+        // The lock is taken on the version read (409 when it changed): on a conflict, read
+        // it again and decide again — held by another job now, or merely updated (status).
+        let mut attempts = 0;
+        while let Some(patch) =
             workload::prepare_patch(&w.obj, &job.name_any(), uid, &w.container, &w.image)
         {
-            // The plan reads the workload as it is now (a StatefulSet's partition).
-            w.obj = patch_workload(ctx, ns, &w.obj, &patch).await?;
+            match patch_workload(ctx, ns, &w.obj, &patch).await {
+                Ok(stored) => {
+                    // The plan reads the workload as it is now (a StatefulSet's partition).
+                    w.obj = stored;
+                    break;
+                }
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempts < 3 => {
+                    attempts += 1;
+                    w.obj = get_workload(ctx, ns, &w.obj).await?;
+                    if let Some((holder, holder_uid)) = workload::lock_holder(&w.obj)
+                        && holder_uid != uid
+                    {
+                        return Err(Error::LockTaken {
+                            workload: w.obj.label(),
+                            holder,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
+}
+
+/// A workload as the API server holds it now.
+async fn get_workload(ctx: &Context, ns: &str, w: &workload::Object) -> Result<workload::Object> {
+    let client = ctx.client.clone();
+    let name = w.name();
+    Ok(match w {
+        workload::Object::DaemonSet(_) => {
+            workload::Object::DaemonSet(Api::<DaemonSet>::namespaced(client, ns).get(&name).await?)
+        }
+        workload::Object::StatefulSet(_) => workload::Object::StatefulSet(
+            Api::<StatefulSet>::namespaced(client, ns)
+                .get(&name)
+                .await?,
+        ),
+        workload::Object::Deployment(_) => workload::Object::Deployment(
+            Api::<Deployment>::namespaced(client, ns).get(&name).await?,
+        ),
+    })
 }
 
 /// Gives every workload this job holds back — restored when `finished`, frozen as it is when
@@ -715,6 +785,41 @@ mod tests {
             ]
         }))
         .unwrap();
-        assert_eq!(selector_string(&s), "app=toll,tier in (a,b),!canary");
+        assert_eq!(
+            selector_string(&s).unwrap(),
+            "app=toll,tier in (a,b),!canary"
+        );
+    }
+
+    /// An operator not understood is an error, never a wider selector (`Exist` once rendered
+    /// as `!app`: every workload without the label).
+    #[test]
+    fn a_selector_that_is_not_understood_never_widens() {
+        let expr = |op: &str, values: serde_json::Value| -> LabelSelector {
+            serde_json::from_value(serde_json::json!({
+                "matchExpressions": [{"key": "app", "operator": op, "values": values}]
+            }))
+            .unwrap()
+        };
+        for (op, values, want) in [
+            (
+                "Exist",
+                serde_json::json!(null),
+                "unknown operator \"Exist\"",
+            ),
+            ("in", serde_json::json!(["a"]), "unknown operator \"in\""),
+            ("", serde_json::json!(null), "unknown operator"),
+            ("In", serde_json::json!([]), "needs values"),
+            ("NotIn", serde_json::json!(null), "needs values"),
+            ("Exists", serde_json::json!(["a"]), "takes no values"),
+        ] {
+            let err = selector_string(&expr(op, values)).unwrap_err();
+            assert!(err.contains(want), "{op}: {err}");
+        }
+        assert!(selector_string(&LabelSelector::default()).is_err());
+        assert_eq!(
+            selector_string(&expr("Exists", serde_json::json!(null))).unwrap(),
+            "app"
+        );
     }
 }

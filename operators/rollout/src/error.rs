@@ -16,6 +16,10 @@ pub enum Error {
     Timeout(std::time::Duration),
     #[error("building a patch: {0}")]
     Patch(#[from] serde_json::Error),
+    #[error("{workload} was taken by RolloutJob {holder} at the same time; this job waits for it")]
+    LockTaken { workload: String, holder: String },
+    #[error("pod {0} exists and is not this job's pre-pull pod for that node and attempt")]
+    PrePullNameTaken(String),
 }
 
 impl MetricLabel for Error {
@@ -27,6 +31,8 @@ impl MetricLabel for Error {
             Self::MissingField(_) => "missing_field",
             Self::Timeout(_) => "timeout",
             Self::Patch(_) => "patch",
+            Self::LockTaken { .. } => "lock_taken",
+            Self::PrePullNameTaken(_) => "prepull_name_taken",
         }
     }
 }

@@ -271,8 +271,11 @@ pub struct Plan {
     pub current_batch: i32,
     /// Members of the current batch.
     pub current_batch_size: i64,
-    /// Figures of the current batch's members.
+    /// Figures of the members of the batch that was current when planning (`snap.current_batch`;
+    /// the batch that just finished when this plan started the next one).
     pub current_batch_counts: TargetCounts,
+    /// The `groupBy` value(s) of the batch in progress after this plan (`None`: not grouping).
+    pub current_batch_group: Option<String>,
     /// The current batch finished with this plan (all members terminal or waiting for a node).
     pub current_batch_done: bool,
     /// A batch was started by this plan.
@@ -388,33 +391,14 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
 
     let states: Vec<TargetState> = snap.targets.iter().map(|t| state_of(snap, t)).collect();
 
-    // Figures first: they decide the failure budget.
+    // Figures first: they decide the failure budget. One rule per target for the job's
+    // figures and every batch's (see `target_counts`).
     let mut counts = TargetCounts {
         targets: total,
         ..TargetCounts::default()
     };
     for (t, s) in snap.targets.iter().zip(&states) {
-        let on_image = t.pod.as_ref().is_some_and(|p| p.image == t.image);
-        if on_image {
-            counts.updated += 1;
-            if t.pod.as_ref().is_some_and(|p| p.ready_since.is_some()) {
-                counts.ready += 1;
-            }
-        }
-        match s {
-            TargetState::Failed => counts.failed += 1,
-            TargetState::Skipped => counts.skipped += 1,
-            _ => {}
-        }
-        // Pre-pulled by this job: pulled and waiting, or past the swap (the new pod carries the
-        // batch mark once the pre-pull pod is gone).
-        let ours = t.prepull.is_some() || t.pod.as_ref().is_some_and(|p| p.batch.is_some());
-        let pulled = spec.pre_pull.enabled
-            && (*s == TargetState::Pulled
-                || (matches!(s, TargetState::Swapping | TargetState::Done) && on_image && ours));
-        if pulled {
-            counts.pre_pulled += 1;
-        }
+        add_counts(&mut counts, &target_counts(spec, t, s));
     }
     out.budget_exceeded = counts.failed > tolerance(&spec.failure_policy.tolerance, total);
     out.counts = counts;
@@ -494,23 +478,9 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     for &i in &members {
         let c = &mut out.current_batch_counts;
         c.targets += 1;
-        match states[i] {
-            TargetState::Done => {
-                c.updated += 1;
-                c.ready += 1;
-            }
-            TargetState::Swapping => c.updated += 1,
-            TargetState::Failed => c.failed += 1,
-            TargetState::Skipped => c.skipped += 1,
-            _ => {}
-        }
-        if matches!(
-            states[i],
-            TargetState::Pulled | TargetState::Swapping | TargetState::Done
-        ) {
-            c.pre_pulled += 1;
-        }
+        add_counts(c, &target_counts(spec, &snap.targets[i], &states[i]));
     }
+    out.current_batch_group = batch_group(members.iter().map(|&i| &snap.targets[i]));
     if snap.current_batch > 0 && missing > 0 && !pending.is_empty() && !snap.stop {
         // Restarted while choosing the members of the current batch: finish choosing, in the
         // same order, so the batch is what it was meant to be.
@@ -544,6 +514,8 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
             out.current_batch = next;
             out.current_batch_size = i64::try_from(take).unwrap_or(0);
             out.started_batch = Some(next);
+            out.current_batch_group =
+                batch_group(pending[..take].iter().map(|&i| &snap.targets[i]));
         }
     }
 
@@ -558,6 +530,65 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     out.total_batches = snap.current_batch + after;
     out.complete = states.iter().all(TargetState::is_terminal);
     out
+}
+
+/// What one target adds to the figures: the one rule for the job's figures and for every
+/// batch's, so that two views of the same targets never disagree. Each figure only grows while
+/// a target moves forward (chosen → pulled → swapping → done): a target pulled by this job
+/// stays pre-pulled through its swap, while its old pod is terminating or gone.
+pub fn target_counts(spec: &RolloutJobSpec, t: &Target, state: &TargetState) -> TargetCounts {
+    let on_image = t.pod.as_ref().is_some_and(|p| p.image == t.image);
+    let ready = on_image && t.pod.as_ref().is_some_and(|p| p.ready_since.is_some());
+    // Past the pull: this job's pre-pull pod pulled (or its swap started), or — the pre-pull
+    // pod gone after the finish — the batch mark the finished target keeps.
+    let pulled = spec.pre_pull.enabled
+        && match state {
+            TargetState::Pulled => true,
+            TargetState::Swapping | TargetState::Done => t
+                .prepull
+                .as_ref()
+                .map_or(t.pod.as_ref().is_some_and(|p| p.batch.is_some()), |pp| {
+                    pp.swapped_at.is_some() || pp.state == PullState::Pulled
+                }),
+            _ => false,
+        };
+    TargetCounts {
+        targets: 0,
+        pre_pulled: i64::from(pulled),
+        updated: i64::from(on_image),
+        ready: i64::from(ready),
+        failed: i64::from(*state == TargetState::Failed),
+        skipped: i64::from(*state == TargetState::Skipped),
+    }
+}
+
+fn add_counts(sum: &mut TargetCounts, one: &TargetCounts) {
+    sum.targets += one.targets;
+    sum.pre_pulled += one.pre_pulled;
+    sum.updated += one.updated;
+    sum.ready += one.ready;
+    sum.failed += one.failed;
+    sum.skipped += one.skipped;
+}
+
+/// The `groupBy` values of a batch's members, sorted, at most a few named (`None` when the
+/// members have none: not grouping).
+fn batch_group<'a>(members: impl Iterator<Item = &'a Target>) -> Option<String> {
+    const SHOWN: usize = 3;
+    let groups: std::collections::BTreeSet<&str> = members
+        .map(|t| t.group.as_str())
+        .filter(|g| !g.is_empty())
+        .collect();
+    if groups.is_empty() {
+        return None;
+    }
+    let mut text: Vec<&str> = groups.iter().copied().take(SHOWN).collect();
+    let more = groups.len().saturating_sub(SHOWN);
+    let more = format!("+{more}");
+    if groups.len() > SHOWN {
+        text.push(&more);
+    }
+    Some(text.join(","))
 }
 
 fn choose(dir: &Direction, t: &Target, batch: i32, out: &mut Plan) {
@@ -2060,5 +2091,141 @@ mod counting {
             now: now + SignedDuration::from_secs(10),
         };
         assert_eq!(plan(&snap).counts.pre_pulled, 1);
+    }
+}
+
+#[cfg(test)]
+mod one_rule_for_counts {
+    use super::*;
+
+    /// One target's life, as successive reconciles see it: every figure of the job and of its
+    /// batch only grows, and the two views agree (issue 9: `pre-pulled` read 20, 10, 20 while
+    /// old pods were terminating).
+    #[test]
+    fn every_figure_grows_through_a_targets_life_and_the_batch_agrees() {
+        let spec: RolloutJobSpec = serde_json::from_value(serde_json::json!({
+            "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": "toll"}}},
+            "image": "toll:2",
+            "verify": {"minReadySeconds": 5},
+        }))
+        .unwrap();
+        let t0: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let pod = |image: &str, batch: bool, ready: bool, terminating: bool| PodView {
+            name: format!("p-{image}"),
+            uid: format!("u-{image}"),
+            image: image.into(),
+            created: t0,
+            ready_since: ready.then_some(t0),
+            batch: batch.then(|| "1".into()),
+            chosen_at: batch.then_some(t0),
+            outcome: None,
+            terminating,
+        };
+        let prepull = |state: PullState, swapped: bool| PrePullView {
+            name: "pp".into(),
+            batch: "1".into(),
+            attempt: 1,
+            created: t0,
+            state,
+            swapped_at: swapped.then_some(t0),
+            outcome: None,
+        };
+        let stages: Vec<(&str, Option<PodView>, Option<PrePullView>)> = vec![
+            ("chosen", Some(pod("toll:1", true, true, false)), None),
+            (
+                "pulling",
+                Some(pod("toll:1", true, true, false)),
+                Some(prepull(PullState::Pulling, false)),
+            ),
+            (
+                "pulled",
+                Some(pod("toll:1", true, true, false)),
+                Some(prepull(PullState::Pulled, false)),
+            ),
+            (
+                "old pod terminating",
+                Some(pod("toll:1", true, true, true)),
+                Some(prepull(PullState::Pulled, true)),
+            ),
+            ("old pod gone", None, Some(prepull(PullState::Pulled, true))),
+            (
+                "new pod starting",
+                Some(pod("toll:2", false, false, false)),
+                Some(prepull(PullState::Pulled, true)),
+            ),
+            (
+                "new pod ready",
+                Some(pod("toll:2", false, true, false)),
+                Some(prepull(PullState::Pulled, true)),
+            ),
+            ("finished", Some(pod("toll:2", true, true, false)), None),
+        ];
+        let mut last = TargetCounts::default();
+        for (i, (stage, pod, pp)) in stages.into_iter().enumerate() {
+            let snap = Snapshot {
+                spec: &spec,
+                direction: Direction::FORWARD,
+                targets: vec![Target {
+                    workload: "DaemonSet/toll".into(),
+                    node: "a".into(),
+                    image: "toll:2".into(),
+                    group: "st-1".into(),
+                    node_ready: true,
+                    pod,
+                    prepull: pp,
+                    slot: Slot::Node,
+                }],
+                current_batch: 1,
+                current_batch_size: 1,
+                hold: false,
+                stop: false,
+                step_pause_pending: false,
+                now: t0 + SignedDuration::from_secs(10 * i64::try_from(i).unwrap()),
+            };
+            let p = plan(&snap);
+            let c = p.counts.clone();
+            for (name, before, now) in [
+                ("prePulled", last.pre_pulled, c.pre_pulled),
+                ("updated", last.updated, c.updated),
+                ("ready", last.ready, c.ready),
+                ("failed", last.failed, c.failed),
+                ("skipped", last.skipped, c.skipped),
+            ] {
+                assert!(now >= before, "{stage}: {name} went from {before} to {now}");
+            }
+            assert_eq!(p.current_batch_counts, c, "{stage}: batch and job disagree");
+            assert_eq!(p.current_batch_group.as_deref(), Some("st-1"), "{stage}");
+            last = c;
+        }
+        assert_eq!(
+            (last.pre_pulled, last.updated, last.ready),
+            (1, 1, 1),
+            "a finished target counts everywhere"
+        );
+    }
+
+    #[test]
+    fn a_batch_names_its_groups() {
+        let t = |g: &str| Target {
+            workload: "DaemonSet/toll".into(),
+            node: "a".into(),
+            image: "toll:2".into(),
+            group: g.into(),
+            node_ready: true,
+            pod: None,
+            prepull: None,
+            slot: Slot::Node,
+        };
+        let groups = |gs: &[&str]| batch_group(gs.iter().map(|g| t(g)).collect::<Vec<_>>().iter());
+        assert_eq!(groups(&[]), None);
+        assert_eq!(groups(&["", ""]), None, "not grouping");
+        assert_eq!(
+            groups(&["st-2", "st-1", "st-2"]).as_deref(),
+            Some("st-1,st-2")
+        );
+        assert_eq!(
+            groups(&["e", "d", "c", "b", "a"]).as_deref(),
+            Some("a,b,c,+2")
+        );
     }
 }

@@ -39,15 +39,42 @@ pub struct PrePullRequest<'a> {
 }
 
 /// The pod name for a (job, slot, attempt) — the slot is the node for DaemonSet targets:
-/// deterministic, so a create after a restart finds the
-/// pod that already exists instead of starting a second pull.
-pub fn pod_name(job_name: &str, slot: &str, attempt: i32) -> String {
-    let job: String = job_name.chars().take(40).collect();
+/// deterministic, so a create after a restart finds the pod that already exists instead of
+/// starting a second pull. The slot and the job's UID go through a 128-bit hash (a 40-bit one
+/// made a collision likely enough per job at 100,000 nodes to stall a batch); the name stays
+/// far below the 253 characters a pod name may have, and is 63 or less (a valid label value).
+pub fn pod_name(job_name: &str, job_uid: &str, slot: &str, attempt: i32) -> String {
+    let job: String = job_name.chars().take(16).collect();
     format!(
-        "{}-pp-{:010x}-{attempt}",
-        job.trim_end_matches('-'),
-        fnv1a(slot)
+        "{}-pp-{:032x}-{attempt}",
+        job.trim_end_matches(['-', '.']),
+        fnv1a_128(&format!("{job_uid}/{slot}"))
     )
+}
+
+/// Whether an existing pod (found under the name a create was refused for) is the pre-pull
+/// pod that create asked for: the same job, slot, attempt and image. Anything else is not
+/// ours, and a 409 on it must not pass for a pull started.
+pub fn is_same_prepull(existing: &Pod, wanted: &Pod) -> bool {
+    let labels = |p: &Pod| p.metadata.labels.clone().unwrap_or_default();
+    let annotations = |p: &Pod| p.metadata.annotations.clone().unwrap_or_default();
+    let image = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+    };
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let (el, wl) = (labels(existing), labels(wanted));
+    let (ea, wa) = (annotations(existing), annotations(wanted));
+    [keys::PREPULL_LABEL, keys::JOB_UID_LABEL, keys::BATCH_LABEL]
+        .iter()
+        .all(|k| el.get(*k) == wl.get(*k))
+        && [keys::ATTEMPT_ANNOTATION, keys::TARGET_SLOT_ANNOTATION]
+            .iter()
+            .all(|k| ea.get(*k) == wa.get(*k))
+        && image(existing) == image(wanted)
+        && node(existing) == node(wanted)
 }
 
 /// The pre-pull pod for one node.
@@ -71,6 +98,7 @@ pub fn build_pod(req: &PrePullRequest<'_>) -> Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(
                 req.job_name,
+                req.job_uid,
                 req.slot.unwrap_or(req.node),
                 req.attempt,
             )),
@@ -202,11 +230,13 @@ fn container_pull_state(c: &ContainerStatus) -> Option<PullState> {
     None
 }
 
-/// FNV-1a: a stable short hash for names (not for security).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    }) & 0xff_ffff_ffff
+/// 128-bit FNV-1a: a stable hash for names (not for security; the inputs are not chosen by
+/// an adversary, and at 128 bits a collision among 100,000 slots is ~1e-29 likely).
+fn fnv1a_128(s: &str) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    s.bytes()
+        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
 #[cfg(test)]
@@ -339,10 +369,76 @@ mod tests {
 
     #[test]
     fn names_are_stable_short_and_per_attempt() {
-        let a = pod_name("toll-2", "edge-0001", 1);
-        assert_eq!(a, pod_name("toll-2", "edge-0001", 1));
-        assert_ne!(a, pod_name("toll-2", "edge-0002", 1));
-        assert_ne!(a, pod_name("toll-2", "edge-0001", 2));
-        assert!(pod_name(&"x".repeat(300), "n", 1).len() <= 63);
+        let a = pod_name("toll-2", "u1", "edge-0001", 1);
+        assert_eq!(a, pod_name("toll-2", "u1", "edge-0001", 1));
+        assert_ne!(a, pod_name("toll-2", "u1", "edge-0002", 1));
+        assert_ne!(a, pod_name("toll-2", "u1", "edge-0001", 2));
+        assert_ne!(
+            a,
+            pod_name("toll-2", "u2", "edge-0001", 1),
+            "two jobs whose names share a prefix never share a pod name"
+        );
+        let long = pod_name(&"x".repeat(300), "u1", &"n".repeat(253), 99);
+        assert!(long.len() <= 63, "{long}");
+    }
+
+    /// The 40-bit hash of the node name collided often enough at 100,000 nodes to stall a
+    /// batch: 100,000 node names (and the same under a second job) give distinct names.
+    #[test]
+    fn names_do_not_collide_across_a_large_fleet() {
+        let mut seen = std::collections::HashSet::new();
+        for uid in ["0e6f2a9c-1", "0e6f2a9c-2"] {
+            for n in 0..100_000 {
+                assert!(
+                    seen.insert(pod_name("toll-2", uid, &format!("edge-{n:06}"), 1)),
+                    "collision at edge-{n:06}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_409_is_ours_only_for_the_same_job_slot_attempt_and_image() {
+        let req = PrePullRequest {
+            job_name: "j",
+            job_uid: "u1",
+            namespace: "ns",
+            node: "edge-1",
+            slot: None,
+            image: "a:2",
+            batch: "1",
+            attempt: 1,
+            timeout_seconds: 60,
+            pull_secrets: Vec::new(),
+        };
+        let wanted = build_pod(&req);
+        assert!(is_same_prepull(&build_pod(&req), &wanted));
+        for other in [
+            PrePullRequest {
+                job_uid: "u2",
+                ..req.clone()
+            },
+            PrePullRequest {
+                node: "edge-2",
+                ..req.clone()
+            },
+            PrePullRequest {
+                image: "a:3",
+                ..req.clone()
+            },
+            PrePullRequest {
+                attempt: 2,
+                ..req.clone()
+            },
+            PrePullRequest {
+                slot: Some("StatefulSet/db/1"),
+                ..req.clone()
+            },
+        ] {
+            assert!(!is_same_prepull(&build_pod(&other), &wanted), "{other:?}");
+        }
+        let mut stranger = wanted.clone();
+        stranger.metadata.labels = None;
+        assert!(!is_same_prepull(&stranger, &wanted));
     }
 }

@@ -246,6 +246,17 @@ pub fn intended_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<Strin
         .and_then(|f| f.values.as_ref()?.first().cloned())
 }
 
+/// The labels a DaemonSet's pods require of their node (its template's `nodeSelector`).
+fn daemonset_node_selector(ds: &DaemonSet) -> Option<&BTreeMap<String, String>> {
+    ds.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .node_selector
+        .as_ref()
+}
+
 /// The targets of one DaemonSet: one per node its pods run on (or our swap is in flight on),
 /// each to end on `image`.
 #[allow(clippy::too_many_arguments)]
@@ -289,10 +300,16 @@ pub fn daemonset_targets(
             by_node.insert(node, pod.as_ref());
         }
     }
-    // A node where our swap is in flight has a pre-pull pod but maybe no workload pod.
+    // A node where our swap is in flight has a pre-pull pod but maybe no workload pod. The
+    // job's pre-pull pods serve every DaemonSet it drives: only nodes this one runs on count
+    // (else another DaemonSet's swaps would read as phantom targets of this one).
     let mut node_names: Vec<&String> = by_node.keys().collect();
     for node in prepulls.keys() {
-        if !by_node.contains_key(node) {
+        if !by_node.contains_key(node)
+            && nodes
+                .get(node)
+                .is_some_and(|n| node_matches(n, daemonset_node_selector(ds)))
+        {
             node_names.push(node);
         }
     }
@@ -300,9 +317,8 @@ pub fn daemonset_targets(
     let mut targets = Vec::new();
     for node_name in node_names {
         let node = nodes.get(node_name);
-        if let Some(node) = node
-            && !node_matches(node, node_selector)
-        {
+        // A node the cache does not know cannot be shown to match: never widen the selector.
+        if node_selector.is_some() && !node.is_some_and(|n| node_matches(n, node_selector)) {
             continue;
         }
         let pod = by_node
@@ -363,7 +379,13 @@ fn all_match<'a>(
     nodes: &HashMap<String, Arc<Node>>,
     selector: Option<&BTreeMap<String, String>>,
 ) -> bool {
-    pod_nodes.all(|n| nodes.get(n).is_none_or(|node| node_matches(node, selector)))
+    // A node the cache does not know cannot be shown to match: never widen the selector.
+    selector.is_none()
+        || pod_nodes.all(|n| {
+            nodes
+                .get(n)
+                .is_some_and(|node| node_matches(node, selector))
+        })
 }
 
 /// The ordinal of a StatefulSet pod, from its name.
@@ -602,6 +624,127 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(intended_node(&spec).as_deref(), Some("edge-0059"));
+    }
+
+    fn node(name: &str, station: &str) -> (String, Arc<Node>) {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"station": station}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        (name.to_string(), Arc::new(n))
+    }
+
+    fn ds(name: &str, station: &str) -> DaemonSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"spec": {
+                    "nodeSelector": {"station": station},
+                    "containers": [{"name": "agent", "image": "a:1"}]
+                }}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn ds_pod(ds: &str, node: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{ds}-{node}"), "namespace": "ns",
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                        "name": ds, "uid": format!("uid-{ds}"), "controller": true}]},
+                "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "a:1"}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn job(extra: serde_json::Value) -> RolloutJob {
+        let mut spec = serde_json::json!({
+            "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"fleet": "a"}}},
+            "image": "a:2",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let mut job = RolloutJob::new("j", serde_json::from_value(spec).unwrap());
+        job.metadata.uid = Some("job-uid".into());
+        job.metadata.namespace = Some("ns".into());
+        job
+    }
+
+    /// A swap in flight of one DaemonSet (its pre-pull pod marked, its pod gone) is not a
+    /// target of another DaemonSet of the same job on other nodes (the job's figures read 30,
+    /// 50, 70 targets for 30 nodes).
+    #[test]
+    fn a_swap_in_flight_belongs_only_to_daemonsets_that_run_on_its_node() {
+        let nodes: HashMap<String, Arc<Node>> =
+            [node("n1", "s1"), node("n2", "s2")].into_iter().collect();
+        let mut prepull: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pp", "namespace": "ns",
+                "labels": {keys::JOB_UID_LABEL: "job-uid", keys::BATCH_LABEL: "1"},
+                "annotations": {keys::NODE_ANNOTATION: "n1", keys::SWAPPED_AT_ANNOTATION: "2026-11-21T10:00:00Z"}},
+        }))
+        .unwrap();
+        prepull.metadata.uid = Some("pp-uid".into());
+        let pods = vec![Arc::new(prepull), ds_pod("b", "n2")];
+        let job = job(serde_json::json!({}));
+        let (prepulls, _) = prepull_pods(&pods, &job, &Direction::FORWARD);
+        let targets = |d: &DaemonSet| -> Vec<String> {
+            daemonset_targets(
+                d,
+                "agent",
+                "a:2",
+                &Direction::FORWARD,
+                &job,
+                &pods,
+                &nodes,
+                &prepulls,
+            )
+            .into_iter()
+            .map(|t| t.node)
+            .collect()
+        };
+        assert_eq!(targets(&ds("a", "s1")), ["n1"], "a's swap in flight on n1");
+        assert_eq!(
+            targets(&ds("b", "s2")),
+            ["n2"],
+            "not n1: b does not run there"
+        );
+    }
+
+    /// spec.nodeSelector narrows, never widens: a pod on a node the cache does not know (yet)
+    /// is not a target.
+    #[test]
+    fn a_node_selector_never_admits_an_unknown_node() {
+        let nodes: HashMap<String, Arc<Node>> = [node("n1", "s1")].into_iter().collect();
+        let pods = vec![ds_pod("a", "n1"), ds_pod("a", "ghost")];
+        let targets = |job: &RolloutJob| -> Vec<String> {
+            daemonset_targets(
+                &ds("a", "s1"),
+                "agent",
+                "a:2",
+                &Direction::FORWARD,
+                job,
+                &pods,
+                &nodes,
+                &HashMap::new(),
+            )
+            .into_iter()
+            .map(|t| t.node)
+            .collect()
+        };
+        assert_eq!(targets(&job(serde_json::json!({}))), ["ghost", "n1"]);
+        assert_eq!(
+            targets(&job(serde_json::json!({"nodeSelector": {"station": "s1"}}))),
+            ["n1"]
+        );
+        let ghost = ["ghost".to_string()];
+        let selector = BTreeMap::from([("station".to_string(), "s1".to_string())]);
+        assert!(!all_match(ghost.iter(), &nodes, Some(&selector)));
+        assert!(all_match(ghost.iter(), &nodes, None));
     }
 
     #[test]

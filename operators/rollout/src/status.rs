@@ -3,7 +3,7 @@
 
 use edgefleet_api::rollout::{
     BatchSummary, FailureAction, MAX_BATCH_SUMMARIES, MAX_RECENT_FAILURES, RolloutJob,
-    RolloutJobSpec, RolloutJobStatus, RolloutPhase, TargetFailure,
+    RolloutJobSpec, RolloutJobStatus, RolloutPhase, TargetCounts, TargetFailure,
 };
 use edgefleet_kit::{ConditionStatus, set_condition};
 use jiff::Timestamp;
@@ -162,31 +162,32 @@ pub fn build_status(
     s.progress = Some(format!("{}/{}", s.current_batch, s.total_batches));
     s.start_time.get_or_insert(Time(now));
 
-    // Batch summaries: the current one updated, a new one on start, bounded.
-    if let Some(started) = plan.started_batch {
-        if let Some(prev) = s.batches.iter_mut().find(|b| b.index == started - 1)
-            && prev.finish_time.is_none()
-        {
-            prev.finish_time = Some(Time(now));
-            prev.phase = "Completed".into();
-        }
-        s.batches.push(BatchSummary {
-            index: started,
-            group: None,
-            phase: "Progressing".into(),
-            counts: plan.current_batch_counts.clone(),
-            start_time: Some(Time(now)),
-            finish_time: None,
-        });
-    } else if let Some(b) = s.batches.iter_mut().find(|b| b.index == plan.current_batch) {
+    // Batch summaries: the current one updated, a new one on start, bounded. The plan's batch
+    // figures are those of the batch it started from: when it starts the next one, they are
+    // the finished batch's last figures (its members all just reached their end).
+    let finished = plan.started_batch.map_or(plan.current_batch, |n| n - 1);
+    if let Some(b) = s.batches.iter_mut().find(|b| b.index == finished) {
         b.counts = plan.current_batch_counts.clone();
-        if plan.current_batch_done && b.finish_time.is_none() {
+        if (plan.current_batch_done || plan.started_batch.is_some()) && b.finish_time.is_none() {
             b.finish_time = Some(Time(now));
             b.phase = "Completed".into();
         }
     }
+    if let Some(started) = plan.started_batch {
+        s.batches.push(BatchSummary {
+            index: started,
+            group: None,
+            phase: "Progressing".into(),
+            counts: TargetCounts::default(),
+            start_time: Some(Time(now)),
+            finish_time: None,
+        });
+    }
     if let Some(b) = s.batches.iter_mut().find(|b| b.index == plan.current_batch) {
         b.counts.targets = b.counts.targets.max(plan.current_batch_size);
+        if plan.current_batch_group.is_some() {
+            b.group.clone_from(&plan.current_batch_group);
+        }
     }
     let excess = s.batches.len().saturating_sub(MAX_BATCH_SUMMARIES);
     s.batches.drain(..excess);
@@ -340,6 +341,72 @@ mod tests {
             ..situation(false)
         });
         assert_eq!(d.pause.unwrap().0, "SpecPaused");
+    }
+
+    /// Issue 9: the batch table read READY 0 for finished batches (their last figures were
+    /// never written: the plan that finished a batch also started the next) and GROUP `-`.
+    #[test]
+    fn a_finished_batch_keeps_its_last_figures_and_the_next_starts_empty_with_its_group() {
+        let job = RolloutJob::new(
+            "j",
+            serde_json::from_value(serde_json::json!({
+                "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": "a"}}},
+                "image": "a:2",
+                "batches": {"size": 10, "groupBy": "station"},
+            }))
+            .unwrap(),
+        );
+        let t0: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let swapping = TargetCounts {
+            targets: 10,
+            pre_pulled: 10,
+            updated: 10,
+            ..TargetCounts::default()
+        };
+        let old = RolloutJobStatus {
+            current_batch: 1,
+            batches: vec![BatchSummary {
+                index: 1,
+                group: Some("st-1".into()),
+                phase: "Progressing".into(),
+                counts: swapping.clone(),
+                start_time: Some(Time(t0)),
+                finish_time: None,
+            }],
+            ..RolloutJobStatus::default()
+        };
+        let done = TargetCounts {
+            ready: 10,
+            ..swapping
+        };
+        let p = plan::Plan {
+            current_batch: 2,
+            current_batch_size: 10,
+            current_batch_counts: done.clone(),
+            current_batch_group: Some("st-2".into()),
+            current_batch_done: true,
+            started_batch: Some(2),
+            ..plan::Plan::default()
+        };
+        let s = build_status(&job, &old, &p, RolloutPhase::Progressing, None, t0);
+        let first = &s.batches[0];
+        assert_eq!(
+            (first.phase.as_str(), &first.counts),
+            ("Completed", &done),
+            "the finished batch shows its members Ready"
+        );
+        assert!(first.finish_time.is_some());
+        let second = &s.batches[1];
+        assert_eq!(second.index, 2);
+        assert_eq!(second.group.as_deref(), Some("st-2"));
+        assert_eq!(
+            second.counts,
+            TargetCounts {
+                targets: 10,
+                ..TargetCounts::default()
+            },
+            "a batch just started has done nothing yet"
+        );
     }
 
     #[test]

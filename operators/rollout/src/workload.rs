@@ -195,9 +195,15 @@ pub fn prepare_patch(
         }
     }
     let template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
+    let mut metadata = json!({"annotations": annotations});
+    if !locked_by_us {
+        // Taking the lock is a compare-and-swap: the patch applies only to the version the
+        // job decided on (else 409), so two jobs that both saw it free cannot both take it.
+        metadata["resourceVersion"] = json!(w.meta().resource_version);
+    }
     Some(match w {
         Object::DaemonSet(_) => json!({
-            "metadata": {"annotations": annotations},
+            "metadata": metadata,
             "spec": {
                 "updateStrategy": {"type": "OnDelete", "rollingUpdate": null},
                 "template": template
@@ -206,7 +212,7 @@ pub fn prepare_patch(
         // Image and partition in one patch: the StatefulSet controller never sees the new
         // template without a partition holding every pod back.
         Object::StatefulSet(_) => json!({
-            "metadata": {"annotations": annotations},
+            "metadata": metadata,
             "spec": {
                 "updateStrategy": {
                     "type": "RollingUpdate",
@@ -215,7 +221,7 @@ pub fn prepare_patch(
                 "template": template
             }
         }),
-        Object::Deployment(_) => json!({"metadata": {"annotations": annotations}}),
+        Object::Deployment(_) => json!({"metadata": metadata}),
     })
 }
 
@@ -575,6 +581,42 @@ mod tests {
                 .contains("RollingUpdate")
         );
         assert_eq!(patch["spec"]["updateStrategy"]["type"], "OnDelete");
+    }
+
+    /// Two jobs that both saw the workload free must not both take it: the lock is taken
+    /// only on the version the job decided on (a 409 otherwise); our own lock needs no guard.
+    #[test]
+    fn the_lock_is_taken_only_on_the_version_seen() {
+        for w in [
+            ds("toll:1", json!({}), "RollingUpdate"),
+            sts("db:1", json!({}), json!({"type": "RollingUpdate"})),
+            deploy("api:1", json!({})),
+        ] {
+            let mut w = w;
+            match &mut w {
+                Object::DaemonSet(o) => o.metadata.resource_version = Some("41".into()),
+                Object::StatefulSet(o) => o.metadata.resource_version = Some("41".into()),
+                Object::Deployment(o) => o.metadata.resource_version = Some("41".into()),
+            }
+            let patch = prepare_patch(&w, "job", "u1", "agent", "x:2").unwrap();
+            assert_eq!(patch["metadata"]["resourceVersion"], "41", "{}", w.label());
+        }
+        // Held by another job (ended): taken over with the same guard.
+        let other = ds(
+            "toll:1",
+            json!({keys::WORKLOAD_LOCK_ANNOTATION: "old/u0"}),
+            "OnDelete",
+        );
+        let patch = prepare_patch(&other, "job", "u1", "agent", "toll:2").unwrap();
+        assert!(patch["metadata"].get("resourceVersion").is_some());
+        // Ours already: re-prepared without a guard (the DaemonSet controller bumps the version).
+        let ours = ds(
+            "toll:1",
+            json!({keys::WORKLOAD_LOCK_ANNOTATION: "job/u1"}),
+            "OnDelete",
+        );
+        let patch = prepare_patch(&ours, "job", "u1", "agent", "toll:2").unwrap();
+        assert!(patch["metadata"].get("resourceVersion").is_none());
     }
 
     #[test]
