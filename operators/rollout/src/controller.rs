@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::act::Actor;
+use crate::behind::{self, Behind};
 use crate::error::{Error, Result};
 use crate::metrics::RolloutMetrics;
 use crate::plan::{self, Direction, Snapshot, Target};
@@ -256,6 +257,25 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
             now,
         );
         if b.phase == RolloutPhase::Failed {
+            // Ended without a plan: still say what is left behind (and held).
+            let selector = ListParams::default().labels(&selector_string(&spec.target.selector));
+            let pods = namespace_pods(ctx, &ns);
+            let behind: Vec<Behind> = list_workloads(ctx, &ns, spec.target.kind, &selector)
+                .await?
+                .iter()
+                .map(|w| Behind {
+                    workload: w.label(),
+                    nodes: workload::pods_behind(w, &pods),
+                })
+                .collect();
+            behind::report(
+                &mut status,
+                spec.target.kind,
+                &spec.image,
+                &behind,
+                job.metadata.generation,
+                now,
+            );
             set_condition(
                 &mut status.conditions,
                 "Failed",
@@ -284,12 +304,7 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     }
 
     // Snapshot → plan.
-    let all_pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let all_pods = namespace_pods(ctx, &ns);
     let nodes: HashMap<String, Arc<Node>> = ctx
         .nodes
         .state()
@@ -416,7 +431,22 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         base.batches.clear();
         base.current_batch = 0;
     }
-    let status = build_status(job, &base, &plan, phase, pause_reason.clone(), now);
+    let mut status = build_status(job, &base, &plan, phase, pause_reason.clone(), now);
+    let behind: Vec<Behind> = workloads
+        .iter()
+        .map(|w| Behind {
+            workload: w.obj.label(),
+            nodes: workload::pods_behind(&w.obj, &all_pods),
+        })
+        .collect();
+    behind::report(
+        &mut status,
+        spec.target.kind,
+        &direction_image(&workloads, spec),
+        &behind,
+        job.metadata.generation,
+        now,
+    );
 
     // Order matters for restarts. Normally the status goes first: a batch is recorded as
     // started (with its planned size) before any target is chosen for it, so a crash in
@@ -645,9 +675,11 @@ async fn release(
     uid: &str,
     finished: bool,
 ) -> Result<()> {
+    let pods: Vec<Arc<Pod>> = namespace_pods(ctx, ns);
     for w in list_workloads(ctx, ns, kind, &ListParams::default()).await? {
         let patch = if finished {
-            workload::release_patch(&w, uid)
+            // Pods left on the old image keep the workload held, whatever way the job ended.
+            workload::release_patch(&w, uid, workload::pods_behind(&w, &pods).len())
         } else {
             workload::freeze_patch(&w, uid)
         };
@@ -676,6 +708,25 @@ async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     release(ctx, &ns, job.spec.target.kind, &uid, finished).await?;
     forget(ctx, &ns, &job.name_any());
     Ok(Requeue::await_change())
+}
+
+/// The image the job drives its workloads to now (each one's previous image, rolling back).
+fn direction_image(
+    workloads: &[Workload],
+    spec: &edgefleet_api::rollout::RolloutJobSpec,
+) -> String {
+    workloads
+        .first()
+        .map_or_else(|| spec.image.clone(), |w| w.image.clone())
+}
+
+/// The cached pods of one namespace.
+fn namespace_pods(ctx: &Context, ns: &str) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .collect()
 }
 
 fn manager() -> PatchParams {

@@ -6,10 +6,11 @@
 //! | read the cluster into targets | [`snapshot`] |
 //! | decide (pure) | [`plan`], [`prepull`] (pod shape, pull outcome), [`workload`] (patches) |
 //! | act | [`act`] |
-//! | status, events, gauges | [`status`], [`report`] |
+//! | status, events, gauges | [`status`], [`behind`] (targets left behind, held), [`report`] |
 //! | wire it up | [`controller`], [`metrics`] |
 
 pub mod act;
+pub mod behind;
 pub mod controller;
 pub mod error;
 pub mod metrics;
