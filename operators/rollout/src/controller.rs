@@ -5,10 +5,12 @@
 //! jobs are requeued every couple of seconds: progress is driven by the clock (timeouts,
 //! minReadySeconds) as much as by events.
 
-use edgefleet_api::rollout::{RolloutJob, RolloutJobStatus, RolloutPhase, WorkloadKind, keys};
+use edgefleet_api::rollout::{
+    RolloutJob, RolloutJobSpec, RolloutJobStatus, RolloutPhase, WorkloadKind, keys,
+};
 use edgefleet_kit::{ConditionStatus, ReconcileMetrics, set_condition};
 use futures::StreamExt;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -381,6 +383,7 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         current_batch_size,
         hold,
         stop: aborting,
+        catch_up_open: catch_up_open(&old, spec, now),
         step_pause_pending: !old
             .batches
             .iter()
@@ -439,6 +442,9 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
             nodes: workload::pods_behind(&w.obj, &all_pods),
         })
         .collect();
+    if phase == RolloutPhase::Progressing && plan.catching_up > 0 && !plan.complete {
+        catching_up_message(&mut status, &plan, spec, job.metadata.generation, now);
+    }
     behind::report(
         &mut status,
         spec.target.kind,
@@ -708,6 +714,44 @@ async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     release(ctx, &ns, job.spec.target.kind, &uid, finished).await?;
     forget(ctx, &ns, &job.name_any());
     Ok(Requeue::await_change())
+}
+
+/// Within `spec.catchUp.windowSeconds` of the current batch's finish (or that batch still
+/// running): offline targets are caught up when their node returns.
+fn catch_up_open(old: &RolloutJobStatus, spec: &RolloutJobSpec, now: Timestamp) -> bool {
+    let finished = old
+        .batches
+        .iter()
+        .find(|b| b.index == old.current_batch)
+        .and_then(|b| b.finish_time.as_ref());
+    finished.is_none_or(|f| f.0 + SignedDuration::from_secs(spec.catch_up.window_seconds) > now)
+}
+
+/// Every batch is done but offline targets are waited for: say until when, and why.
+fn catching_up_message(
+    status: &mut RolloutJobStatus,
+    plan: &plan::Plan,
+    spec: &RolloutJobSpec,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    if !plan.all_terminal {
+        return;
+    }
+    let message = format!(
+        "every batch done; catching up {} targets whose node is offline: each is pre-pulled then swapped when its node returns, for up to spec.catchUp.windowSeconds ({}s) after the last batch",
+        plan.catching_up, spec.catch_up.window_seconds
+    );
+    status.message = Some(message.clone());
+    set_condition(
+        &mut status.conditions,
+        "Progressing",
+        ConditionStatus::True,
+        "CatchingUp",
+        &message,
+        generation,
+        now,
+    );
 }
 
 /// The image the job drives its workloads to now (each one's previous image, rolling back).

@@ -180,6 +180,9 @@ pub struct Snapshot<'a> {
     pub stop: bool,
     /// The current batch's finish is not recorded yet, so a step pause after it has not begun.
     pub step_pause_pending: bool,
+    /// Within `spec.catchUp.windowSeconds` of the last batch: targets skipped because their
+    /// node was offline are caught up when it returns (see [`catch_up`]).
+    pub catch_up_open: bool,
     pub now: Timestamp,
 }
 
@@ -233,6 +236,9 @@ pub enum Action {
     },
     /// Delete a pre-pull pod (failed attempt, cleanup).
     DeletePrePull { name: String },
+    /// Clear a target pod's outcome: its node came back, so it is chosen again in its batch
+    /// and goes on as a straggler of it — pre-pull first, like every target.
+    Reopen { pod: String },
 }
 
 /// Where one target stands, derived from the snapshot.
@@ -283,6 +289,11 @@ pub struct Plan {
     pub budget_exceeded: bool,
     /// Per-target failures (and skips) seen in this plan, for status and events.
     pub failures: Vec<(Target, Outcome)>,
+    /// Targets skipped because their node is offline, waited for while the catch-up window
+    /// is open (they keep the job from completing).
+    pub catching_up: i64,
+    /// Every target is terminal (complete, unless offline ones are still waited for).
+    pub all_terminal: bool,
 }
 
 /// Sorts targets into rollout order — deterministic, so a restarted operator picks the same
@@ -556,8 +567,43 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     let first = snap.current_batch + 1;
     let after = count_batches(&spec.batches, &remaining, total, first);
     out.total_batches = snap.current_batch + after;
-    out.complete = states.iter().all(TargetState::is_terminal);
+    catch_up(snap, &states, active, &mut out);
+    out.all_terminal = states.iter().all(TargetState::is_terminal);
+    out.complete = out.all_terminal && out.catching_up == 0;
     out
+}
+
+/// The outcome reason of a target whose node was offline (skipped, or waited for too long).
+pub const NODE_OFFLINE: &str = "NodeOffline";
+
+/// Catching up nodes that come back. While the window is open, a DaemonSet target skipped (or
+/// failed) because its node was offline is reopened once the node is Ready: chosen again in
+/// its batch, it is pre-pulled before its swap, as every target.
+/// Those still offline are waited for (`catching_up`). StatefulSet ordinals are not reopened:
+/// the ones below an offline ordinal were skipped as `Blocked` and a partition cannot go back;
+/// they stay behind it for a new job. After the window, the offline ones stay behind (held).
+fn catch_up(snap: &Snapshot<'_>, states: &[TargetState], active: bool, out: &mut Plan) {
+    if !snap.catch_up_open || snap.stop {
+        return;
+    }
+    for (t, s) in snap.targets.iter().zip(states) {
+        let Some(pod) = &t.pod else { continue };
+        let offline = matches!(s, TargetState::Skipped | TargetState::Failed)
+            && matches!(t.slot, Slot::Node)
+            && pod
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.reason == NODE_OFFLINE);
+        if !offline {
+            continue;
+        }
+        out.catching_up += 1;
+        if t.node_ready && active {
+            out.actions.push(Action::Reopen {
+                pod: pod.name.clone(),
+            });
+        }
+    }
 }
 
 fn choose(dir: &Direction, t: &Target, batch: i32, out: &mut Plan) {
@@ -766,7 +812,7 @@ fn step_target(
                     t.node,
                     limit.as_secs()
                 );
-                fail(t, "NodeOffline", &message, out);
+                fail(t, NODE_OFFLINE, &message, out);
             }
         }
         TargetState::Chosen => {
@@ -781,7 +827,7 @@ fn step_target(
                 // offlineNodes: Skip (Wait is its own state). Listed in status like a failure.
                 let outcome = Outcome {
                     kind: OutcomeKind::Skipped,
-                    reason: "NodeOffline".into(),
+                    reason: NODE_OFFLINE.into(),
                     message: format!("node {} is NotReady: skipped", t.node),
                 };
                 if let Some(pod) = &t.pod {
@@ -831,6 +877,14 @@ fn step_target(
                 && !snap.stop
             {
                 skip(t, "Blocked", message, out);
+                return;
+            }
+            if !t.node_ready && !snap.stop && matches!(t.slot, Slot::Node) {
+                // offlineNodes: Skip (Wait is its own state): the node went away mid-pull. A
+                // pull that cannot finish is not the image's failure: skipped, and caught up
+                // (pre-pulled again) if the node returns within the catch-up window.
+                let message = format!("node {} went NotReady while pulling: skipped", t.node);
+                skip(t, NODE_OFFLINE, &message, out);
                 return;
             }
             let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
@@ -1277,6 +1331,7 @@ mod tests {
             hold: false,
             stop: false,
             step_pause_pending: true,
+            catch_up_open: false,
             now,
         }
     }
@@ -1300,6 +1355,7 @@ mod tests {
                 Action::RecordOnPrePull { .. } => "record-pp",
                 Action::Finish { .. } => "finish",
                 Action::DeletePrePull { .. } => "delete-pp",
+                Action::Reopen { .. } => "reopen",
             })
             .collect()
     }
@@ -1627,6 +1683,118 @@ mod tests {
         assert_eq!((p.counts.updated, p.counts.skipped), (1, 1));
     }
 
+    /// Catch-up: a node skipped while offline is reopened (so pre-pulled in a batch of its
+    /// own) when it is back within the window; one still offline keeps the job waiting; after
+    /// the window the job completes with it behind. Never a swap without a pull.
+    #[test]
+    fn offline_targets_are_caught_up_within_the_window() {
+        // A failure counts against the budget: tolerate it, so the job is active.
+        let spec = spec(serde_json::json!({"failurePolicy": {"tolerance": 1}}));
+        let offline = |reason: &str, kind: OutcomeKind, ready: bool| {
+            let mut t = chosen(target("b", ""), 1);
+            t.node_ready = ready;
+            t.pod.as_mut().unwrap().outcome = Some(Outcome {
+                kind,
+                reason: reason.into(),
+                message: String::new(),
+            });
+            t
+        };
+        let mut done = chosen(target("a", ""), 1);
+        done.pod.as_mut().unwrap().image = NEW.into();
+        // (reason, outcome, node ready, window open) -> (actions, catching up, complete)
+        let cases = [
+            (
+                "NodeOffline",
+                OutcomeKind::Skipped,
+                true,
+                true,
+                vec!["reopen"],
+                1,
+                false,
+            ),
+            (
+                "NodeOffline",
+                OutcomeKind::Failed,
+                true,
+                true,
+                vec!["reopen"],
+                1,
+                false,
+            ),
+            (
+                "NodeOffline",
+                OutcomeKind::Skipped,
+                false,
+                true,
+                vec![],
+                1,
+                false,
+            ),
+            (
+                "NodeOffline",
+                OutcomeKind::Skipped,
+                true,
+                false,
+                vec![],
+                0,
+                true,
+            ),
+            (
+                "PullFailed",
+                OutcomeKind::Failed,
+                true,
+                true,
+                vec![],
+                0,
+                true,
+            ),
+            ("Blocked", OutcomeKind::Skipped, true, true, vec![], 0, true),
+        ];
+        for (reason, kind, ready, open, actions, waiting, complete) in cases {
+            let targets = vec![done.clone(), offline(reason, kind, ready)];
+            let mut snap = snapshot(&spec, targets, 1, 2, at(60));
+            snap.catch_up_open = open;
+            let p = plan(&snap);
+            let case = format!("{reason} {kind:?} ready={ready} open={open}");
+            assert_eq!(kinds(&p), actions, "{case}");
+            assert_eq!((p.catching_up, p.complete), (waiting, complete), "{case}");
+            assert!(p.all_terminal, "{case}");
+        }
+        // Reopened (outcome cleared): chosen in its batch again, so it pulls first.
+        let back = chosen(target("b", ""), 1);
+        let mut snap = snapshot(&spec, vec![done.clone(), back], 1, 2, at(60));
+        snap.catch_up_open = true;
+        let p = plan(&snap);
+        assert_eq!(kinds(&p), ["prepull"]);
+        assert!(!p.complete);
+        // Held or stopping: nothing reopened.
+        let mut snap = snapshot(
+            &spec,
+            vec![done, offline("NodeOffline", OutcomeKind::Skipped, true)],
+            1,
+            2,
+            at(60),
+        );
+        snap.catch_up_open = true;
+        snap.hold = true;
+        assert!(plan(&snap).actions.is_empty());
+    }
+
+    #[test]
+    fn a_node_gone_offline_mid_pull_is_skipped_not_failed() {
+        let spec = spec(serde_json::json!({"batches": {"size": 2}}));
+        let mut t = with_prepull(chosen(target("a", ""), 1), PullState::Pulling, 1);
+        t.node_ready = false;
+        let p = plan(&snapshot(&spec, vec![t], 1, 1, at(5)));
+        assert_eq!(kinds(&p), ["record", "delete-pp"]);
+        assert!(
+            matches!(&p.failures[..], [(_, o)] if o.kind == OutcomeKind::Skipped && o.reason == NODE_OFFLINE),
+            "{:?}",
+            p.failures
+        );
+    }
+
     #[test]
     fn a_step_pause_is_never_skipped_in_the_reconcile_that_finishes_its_batch() {
         let spec = spec(
@@ -1745,6 +1913,7 @@ mod workloads {
             hold: false,
             stop: false,
             step_pause_pending: true,
+            catch_up_open: false,
             now: t0() + SignedDuration::from_secs(10),
         }
     }
@@ -2057,6 +2226,7 @@ mod counting {
             hold: false,
             stop: false,
             step_pause_pending: false,
+            catch_up_open: false,
             now: now + SignedDuration::from_secs(10),
         };
         assert_eq!(plan(&snap).counts.pre_pulled, 1);
