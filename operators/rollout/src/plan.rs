@@ -879,12 +879,7 @@ fn step_target(
                 skip(t, "Blocked", message, out);
                 return;
             }
-            if !t.node_ready && !snap.stop && matches!(t.slot, Slot::Node) {
-                // offlineNodes: Skip (Wait is its own state): the node went away mid-pull. A
-                // pull that cannot finish is not the image's failure: skipped, and caught up
-                // (pre-pulled again) if the node returns within the catch-up window.
-                let message = format!("node {} went NotReady while pulling: skipped", t.node);
-                skip(t, NODE_OFFLINE, &message, out);
+            if went_offline(snap, t, out) {
                 return;
             }
             let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
@@ -920,6 +915,9 @@ fn step_target(
             }
         }
         TargetState::Pulled => {
+            if went_offline(snap, t, out) {
+                return;
+            }
             if let Gate::Blocked(message) = gate
                 && !snap.stop
             {
@@ -980,6 +978,19 @@ fn step_target(
             }
         }
     }
+}
+
+/// offlineNodes: Skip (Wait is its own state) for a DaemonSet target whose node went away
+/// while it pulled or waited for its swap: a pull that cannot finish is not the image's
+/// failure, and a swap there could not complete. Skipped, and caught up (pre-pulled again) if
+/// the node returns within the catch-up window.
+fn went_offline(snap: &Snapshot<'_>, t: &Target, out: &mut Plan) -> bool {
+    if t.node_ready || snap.stop || !matches!(t.slot, Slot::Node) {
+        return false;
+    }
+    let message = format!("node {} went NotReady before its swap: skipped", t.node);
+    skip(t, NODE_OFFLINE, &message, out);
+    true
 }
 
 fn try_swap(
@@ -1782,17 +1793,19 @@ mod tests {
     }
 
     #[test]
-    fn a_node_gone_offline_mid_pull_is_skipped_not_failed() {
+    fn a_node_gone_offline_before_its_swap_is_skipped_not_failed() {
         let spec = spec(serde_json::json!({"batches": {"size": 2}}));
-        let mut t = with_prepull(chosen(target("a", ""), 1), PullState::Pulling, 1);
-        t.node_ready = false;
-        let p = plan(&snapshot(&spec, vec![t], 1, 1, at(5)));
-        assert_eq!(kinds(&p), ["record", "delete-pp"]);
-        assert!(
-            matches!(&p.failures[..], [(_, o)] if o.kind == OutcomeKind::Skipped && o.reason == NODE_OFFLINE),
-            "{:?}",
-            p.failures
-        );
+        for state in [PullState::Pulling, PullState::Pulled] {
+            let mut t = with_prepull(chosen(target("a", ""), 1), state.clone(), 1);
+            t.node_ready = false;
+            let p = plan(&snapshot(&spec, vec![t], 1, 1, at(5)));
+            assert_eq!(kinds(&p), ["record", "delete-pp"], "{state:?}");
+            assert!(
+                matches!(&p.failures[..], [(_, o)] if o.kind == OutcomeKind::Skipped && o.reason == NODE_OFFLINE),
+                "{:?}",
+                p.failures
+            );
+        }
     }
 
     #[test]
