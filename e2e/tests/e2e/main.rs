@@ -13,6 +13,7 @@ mod objectsync;
 mod observability;
 mod plugin;
 mod rollout;
+mod rollout_end;
 mod rollout_workloads;
 mod samples;
 mod testbed;
