@@ -354,23 +354,15 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     }
     plan::order_targets(&mut targets);
 
-    // The batch in progress is whatever the cluster's marks say, if they are ahead of the
-    // status (a status write lost after its batch was chosen): state lives on the cluster.
-    let marked = targets
-        .iter()
-        .filter_map(|t| plan::member_batch(&direction, t))
-        .max()
-        .unwrap_or(0);
     let (current_batch, current_batch_size) = if switching {
         (0, 0)
-    } else if marked > old.current_batch {
-        let members = targets
-            .iter()
-            .filter(|t| plan::member_batch(&direction, t) == Some(marked))
-            .count();
-        (marked, i64::try_from(members).unwrap_or(0))
     } else {
-        (old.current_batch, current_batch_planned(&old))
+        plan::recover_batch(
+            &direction,
+            &targets,
+            old.current_batch,
+            current_batch_planned(&old),
+        )
     };
     let step_pause = step_pause_active(job, &old, now);
     let hold = spec.paused || hand_edit.is_some() || step_pause.is_some();

@@ -16,6 +16,32 @@ pub fn member_batch(dir: &Direction, t: &Target) -> Option<i32> {
     t.prepull.as_ref().and_then(|p| dir.batch_number(&p.batch))
 }
 
+/// The batch in progress and the members it was started with, from the status (`status_batch`,
+/// `status_size`) and the targets' marks. The restart-recovery rule: the cluster's batch marks
+/// win over a lost status write — when a target is marked for a batch later than the status
+/// says (the status write after choosing it was lost), that batch is in progress, with the
+/// members marked for it. Otherwise the status is right.
+pub fn recover_batch(
+    dir: &Direction,
+    targets: &[Target],
+    status_batch: i32,
+    status_size: i64,
+) -> (i32, i64) {
+    let marked = targets
+        .iter()
+        .filter_map(|t| member_batch(dir, t))
+        .max()
+        .unwrap_or(0);
+    if marked <= status_batch {
+        return (status_batch, status_size);
+    }
+    let members = targets
+        .iter()
+        .filter(|t| member_batch(dir, t) == Some(marked))
+        .count();
+    (marked, i64::try_from(members).unwrap_or(0))
+}
+
 /// Where a target stands.
 pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
     let dir = &snap.direction;

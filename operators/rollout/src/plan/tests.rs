@@ -397,6 +397,43 @@ fn offline_nodes_are_skipped_or_waited_for() {
     );
 }
 
+/// Restart recovery: the cluster's batch marks win over a lost status write, never the
+/// other way round.
+#[test]
+fn cluster_batch_marks_win_over_a_lost_status_write() {
+    let marked = |batch: Option<&str>, n: usize| -> Vec<Target> {
+        (0..n)
+            .map(|i| {
+                let mut t = target(&format!("edge-{i:02}"), "");
+                t.pod.as_mut().unwrap().batch = batch.map(str::to_string);
+                t
+            })
+            .collect()
+    };
+    let fwd = Direction::FORWARD;
+    // (targets, status batch, status size) -> (batch, size)
+    let mut two_ahead = marked(Some("1"), 3);
+    two_ahead.extend(marked(Some("2"), 2));
+    let cases = [
+        // Status says batch 1 of 3; batch 2 was chosen (2 marked), its status write lost.
+        (two_ahead.clone(), 1, 3, (2, 2)),
+        // Status written: it is right.
+        (two_ahead, 2, 3, (2, 3)),
+        // Nothing marked yet, nothing started.
+        (marked(None, 4), 0, 0, (0, 0)),
+        // The status is ahead of the marks (chosen, not yet marked): the status wins.
+        (marked(Some("1"), 2), 2, 4, (2, 4)),
+        // Marks of the other direction do not count.
+        (marked(Some("rb-3"), 2), 1, 2, (1, 2)),
+    ];
+    for (i, (targets, batch, size, want)) in cases.into_iter().enumerate() {
+        assert_eq!(recover_batch(&fwd, &targets, batch, size), want, "case {i}");
+    }
+    // Rolling back, the rollback's own marks count.
+    let rb = marked(Some("rb-1"), 2);
+    assert_eq!(recover_batch(&Direction::ROLLBACK, &rb, 0, 0), (1, 2));
+}
+
 #[test]
 fn a_restart_mid_choice_completes_the_same_batch() {
     let spec = spec(serde_json::json!({"batches": {"size": 3}}));
