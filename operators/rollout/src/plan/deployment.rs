@@ -5,7 +5,9 @@ use jiff::SignedDuration;
 
 use crate::prepull::PullState;
 
+use super::NODE_OFFLINE;
 use super::model::*;
+use super::rules::{offline_wait_expired, pull_failure, verified};
 use super::slot::{Limits, fail, skip};
 use super::state::member_batch;
 
@@ -16,11 +18,7 @@ pub(super) fn deployment_state(snap: &Snapshot<'_>, t: &Target, pulls: &[NodePul
         return TargetState::Done;
     };
     if d.image == t.image {
-        let min_ready = SignedDuration::from_secs(spec.verify.min_ready_seconds);
-        let verified = d
-            .ready_since
-            .is_some_and(|since| since + min_ready <= snap.now);
-        return if verified {
+        return if verified(spec, d.ready_since, snap.now) {
             TargetState::Done
         } else {
             TargetState::Swapping
@@ -77,15 +75,14 @@ pub(super) fn step_deployment(
         TargetState::Done | TargetState::Failed | TargetState::Skipped => drop_pulls(out),
         TargetState::Pending => {}
         TargetState::WaitingForNode => {
-            let limit = SignedDuration::from_secs(spec.offline_nodes.wait_seconds.unwrap_or(3600));
             let chosen_at = t.pod.as_ref().and_then(|p| p.chosen_at);
-            if chosen_at.is_some_and(|at| at + limit <= now) {
+            if let Some(limit) = offline_wait_expired(spec, chosen_at, now) {
                 let message = format!(
                     "a node of {} stayed NotReady for offlineNodes.waitSeconds ({}s)",
                     t.workload,
                     limit.as_secs()
                 );
-                fail(t, "NodeOffline", &message, out);
+                fail(t, NODE_OFFLINE, &message, out);
             }
         }
         TargetState::Chosen | TargetState::Pulling => {
@@ -99,10 +96,9 @@ pub(super) fn step_deployment(
                     .map(|p| p.node.as_str())
                     .collect();
                 let message = format!("node(s) {} NotReady: skipped", offline.join(", "));
-                skip(t, "NodeOffline", &message, out);
+                skip(t, NODE_OFFLINE, &message, out);
                 return;
             }
-            let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
             for p in pulls {
                 let new_pull = |attempt| Action::PrePull {
                     node: p.node.clone(),
@@ -119,17 +115,7 @@ pub(super) fn step_deployment(
                     }
                     continue;
                 };
-                let failure = match &pp.state {
-                    PullState::Failed { reason, message } => {
-                        Some((reason.clone(), message.clone()))
-                    }
-                    PullState::Pulling if pp.created + timeout <= now => Some((
-                        "PullTimeout".to_string(),
-                        format!("image not pulled within {}s", spec.pre_pull.timeout_seconds),
-                    )),
-                    _ => None,
-                };
-                let Some((reason, message)) = failure else {
+                let Some((reason, message)) = pull_failure(spec, pp, now) else {
                     continue;
                 };
                 if pp.attempt <= spec.pre_pull.retries {

@@ -2,10 +2,9 @@
 
 use jiff::SignedDuration;
 
-use crate::prepull::PullState;
-
 use super::NODE_OFFLINE;
 use super::model::*;
+use super::rules::{offline_wait_expired, pull_failure};
 use super::state::{Gate, member_batch};
 
 /// Pull and swap slots left in this plan.
@@ -80,9 +79,8 @@ pub(super) fn step_target(
         }
         TargetState::Pending => {}
         TargetState::WaitingForNode => {
-            let limit = SignedDuration::from_secs(spec.offline_nodes.wait_seconds.unwrap_or(3600));
             let chosen_at = t.pod.as_ref().and_then(|p| p.chosen_at);
-            if chosen_at.is_some_and(|at| at + limit <= now) {
+            if let Some(limit) = offline_wait_expired(spec, chosen_at, now) {
                 let message = format!(
                     "node {} stayed NotReady for offlineNodes.waitSeconds ({}s)",
                     t.node,
@@ -158,16 +156,7 @@ pub(super) fn step_target(
             if went_offline(snap, t, out) {
                 return;
             }
-            let timeout = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
-            let failure = match &pp.state {
-                PullState::Failed { reason, message } => Some((reason.clone(), message.clone())),
-                PullState::Pulling if pp.created + timeout <= now => Some((
-                    "PullTimeout".to_string(),
-                    format!("image not pulled within {}s", spec.pre_pull.timeout_seconds),
-                )),
-                _ => None,
-            };
-            let Some((reason, message)) = failure else {
+            let Some((reason, message)) = pull_failure(spec, pp, now) else {
                 return;
             };
             if pp.attempt <= spec.pre_pull.retries && !snap.stop {

@@ -1,12 +1,12 @@
 //! Where a target stands, read from its marks on the cluster, and the StatefulSet ordinal gates.
 
 use edgefleet_api::rollout::OfflineNodeAction;
-use jiff::SignedDuration;
 
 use crate::prepull::PullState;
 
 use super::deployment::deployment_state;
 use super::model::*;
+use super::rules::verified;
 
 /// The batch (of this direction) a target was chosen for.
 pub fn member_batch(dir: &Direction, t: &Target) -> Option<i32> {
@@ -77,11 +77,7 @@ pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
         };
     }
     if pod.image == t.image {
-        let min_ready = SignedDuration::from_secs(spec.verify.min_ready_seconds);
-        let verified = pod
-            .ready_since
-            .is_some_and(|since| since + min_ready <= snap.now);
-        return if verified {
+        return if verified(spec, pod.ready_since, snap.now) {
             TargetState::Done
         } else {
             TargetState::Swapping
