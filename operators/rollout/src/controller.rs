@@ -392,7 +392,7 @@ async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
         marked = snap
             .targets
             .iter()
-            .filter(|t| t.pod.as_ref().is_some_and(|p| p.batch.is_some()))
+            .filter(|t| t.current.as_ref().is_some_and(|p| p.batch.is_some()))
             .count(),
         actions = plan.actions.len(),
         "planned"

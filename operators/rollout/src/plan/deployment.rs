@@ -14,7 +14,7 @@ use super::state::member_batch;
 /// Where a Deployment target stands (its outcome already checked).
 pub(super) fn deployment_state(snap: &Snapshot<'_>, t: &Target, pulls: &[NodePull]) -> TargetState {
     let spec = snap.spec;
-    let Some(d) = &t.pod else {
+    let Some(d) = &t.current else {
         return TargetState::Done;
     };
     if d.image == t.image {
@@ -75,7 +75,7 @@ pub(super) fn step_deployment(
         TargetState::Done | TargetState::Failed | TargetState::Skipped => drop_pulls(out),
         TargetState::Pending => {}
         TargetState::WaitingForNode => {
-            let chosen_at = t.pod.as_ref().and_then(|p| p.chosen_at);
+            let chosen_at = t.current.as_ref().and_then(|p| p.chosen_at);
             if let Some(limit) = offline_wait_expired(spec, chosen_at, now) {
                 let message = format!(
                     "a node of {} stayed NotReady for offlineNodes.waitSeconds ({}s)",
@@ -144,7 +144,7 @@ pub(super) fn step_deployment(
         }
         TargetState::Swapping => {
             // The clock runs from the swap (recorded with it), else from when it was seen.
-            let since = t.pod.as_ref().map(|d| d.created);
+            let since = t.current.as_ref().map(|d| d.created);
             let limit = SignedDuration::from_secs(spec.verify.ready_timeout_seconds);
             if since.is_some_and(|at| at + limit <= now) {
                 let message = format!(

@@ -61,10 +61,10 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         ..TargetCounts::default()
     };
     for (t, s) in snap.targets.iter().zip(&states) {
-        let on_image = t.pod.as_ref().is_some_and(|p| p.image == t.image);
+        let on_image = t.current.as_ref().is_some_and(|p| p.image == t.image);
         if on_image {
             counts.updated += 1;
-            if t.pod.as_ref().is_some_and(|p| p.ready_since.is_some()) {
+            if t.current.as_ref().is_some_and(|p| p.ready_since.is_some()) {
                 counts.ready += 1;
             }
         }
@@ -75,7 +75,7 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         }
         // Pre-pulled by this job: pulled and waiting, or past the swap (the new pod carries the
         // batch mark once the pre-pull pod is gone).
-        let ours = t.prepull.is_some() || t.pod.as_ref().is_some_and(|p| p.batch.is_some());
+        let ours = t.prepull.is_some() || t.current.as_ref().is_some_and(|p| p.batch.is_some());
         let pulled = spec.pre_pull.enabled
             && (*s == TargetState::Pulled
                 || (matches!(s, TargetState::Swapping | TargetState::Done) && on_image && ours));
@@ -243,7 +243,7 @@ fn catch_up(snap: &Snapshot<'_>, states: &[TargetState], active: bool, out: &mut
         return;
     }
     for (t, s) in snap.targets.iter().zip(states) {
-        let Some(pod) = &t.pod else { continue };
+        let Some(pod) = &t.current else { continue };
         let offline = matches!(s, TargetState::Skipped | TargetState::Failed)
             && matches!(t.slot, Slot::Node)
             && pod
@@ -263,7 +263,7 @@ fn catch_up(snap: &Snapshot<'_>, states: &[TargetState], active: bool, out: &mut
 }
 
 fn choose(dir: &Direction, t: &Target, batch: i32, out: &mut Plan) {
-    if let Some(pod) = &t.pod {
+    if let Some(pod) = &t.current {
         out.actions.push(Action::Choose {
             pod: pod.name.clone(),
             batch: dir.batch_key(batch),

@@ -6,7 +6,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::prepull::PullState;
 
-/// A target's pod as the plan needs it.
+/// What runs a target now (its pod, or a Deployment target's Deployment), as the plan needs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
     pub name: String,
@@ -65,8 +65,9 @@ pub struct Target {
     /// The node's `groupBy` label value ("" when not grouping or unlabelled).
     pub group: String,
     pub node_ready: bool,
-    /// The workload's pod on the node; none while a swap is in flight.
-    pub pod: Option<PodView>,
+    /// What runs the target now, carrying its marks: the workload's pod on the node (none
+    /// while a swap is in flight), or for a Deployment target the Deployment itself.
+    pub current: Option<PodView>,
     /// This job's newest pre-pull pod on the node (DaemonSet and StatefulSet targets).
     pub prepull: Option<PrePullView>,
     /// How the target is swapped.
@@ -89,7 +90,7 @@ pub enum Slot {
         partition: Option<i32>,
     },
     /// Deployment: pre-pull on every node its pods run on, then patch its image; verified when
-    /// its rollout is complete. `pod` is the Deployment itself (marks are its annotations,
+    /// its rollout is complete. `current` is the Deployment itself (marks are its annotations,
     /// `image` its template's, `ready_since` set once its rollout is complete, `created` the
     /// swap's start).
     ///

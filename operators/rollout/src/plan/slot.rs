@@ -50,7 +50,7 @@ pub(super) fn step_target(
     match state {
         TargetState::Done => {
             // Verified: keep the membership on the new pod, drop the pre-pull pod.
-            if let (Some(pod), Some(pp)) = (&t.pod, &t.prepull)
+            if let (Some(pod), Some(pp)) = (&t.current, &t.prepull)
                 && pp.outcome.is_none()
             {
                 // Measured once: a Finish repeated before the cache shows it done (the pod
@@ -79,7 +79,7 @@ pub(super) fn step_target(
         }
         TargetState::Pending => {}
         TargetState::WaitingForNode => {
-            let chosen_at = t.pod.as_ref().and_then(|p| p.chosen_at);
+            let chosen_at = t.current.as_ref().and_then(|p| p.chosen_at);
             if let Some(limit) = offline_wait_expired(spec, chosen_at, now) {
                 let message = format!(
                     "node {} stayed NotReady for offlineNodes.waitSeconds ({}s)",
@@ -104,7 +104,7 @@ pub(super) fn step_target(
                     reason: NODE_OFFLINE.into(),
                     message: format!("node {} is NotReady: skipped", t.node),
                 };
-                if let Some(pod) = &t.pod {
+                if let Some(pod) = &t.current {
                     out.actions.push(Action::Record {
                         pod: pod.name.clone(),
                         outcome: outcome.clone(),
@@ -119,7 +119,7 @@ pub(super) fn step_target(
             if !spec.pre_pull.enabled {
                 // No pull, but the swap still needs a record that outlives the old pod: a
                 // pre-pull pod of the image the node already has, marked as swapping.
-                if let Some(pod) = &t.pod
+                if let Some(pod) = &t.current
                     && *swapping < swap_limit
                     && *gate == Gate::Open
                 {
@@ -195,7 +195,7 @@ pub(super) fn step_target(
             let pp = t.prepull.as_ref();
             // The old pod may still be there if a delete was lost (or the partition was not
             // lowered): ask again (idempotent).
-            if let (Some(pp), Some(pod)) = (pp, &t.pod)
+            if let (Some(pp), Some(pod)) = (pp, &t.current)
                 && pp.swapped_at.is_some()
                 && pod.image != t.image
                 && !pod.terminating
@@ -229,7 +229,7 @@ pub(super) fn step_target(
             // Verification clock: from our swap, else from the new pod's creation (a pod that
             // reached the image without us, e.g. recreated after an eviction).
             let since = pp.and_then(|p| p.swapped_at).or(t
-                .pod
+                .current
                 .as_ref()
                 .filter(|p| p.image == t.image)
                 .map(|p| p.created));
@@ -265,7 +265,7 @@ fn try_swap(
     swap_limit: usize,
     out: &mut Plan,
 ) {
-    let Some(pod) = &t.pod else { return };
+    let Some(pod) = &t.current else { return };
     if *swapping >= swap_limit {
         return;
     }
@@ -301,7 +301,7 @@ pub(super) fn fail(t: &Target, reason: &str, message: &str, out: &mut Plan) {
         reason: reason.into(),
         message: message.into(),
     };
-    match (&t.pod, &t.prepull) {
+    match (&t.current, &t.prepull) {
         (Some(pod), prepull) => {
             out.actions.push(Action::Record {
                 pod: pod.name.clone(),
@@ -329,7 +329,7 @@ pub(super) fn skip(t: &Target, reason: &str, message: &str, out: &mut Plan) {
         reason: reason.into(),
         message: message.into(),
     };
-    if let Some(pod) = &t.pod {
+    if let Some(pod) = &t.current {
         out.actions.push(Action::Record {
             pod: pod.name.clone(),
             outcome: outcome.clone(),

@@ -10,7 +10,7 @@ use super::rules::verified;
 
 /// The batch (of this direction) a target was chosen for.
 pub fn member_batch(dir: &Direction, t: &Target) -> Option<i32> {
-    if let Some(key) = t.pod.as_ref().and_then(|p| p.batch.as_deref()) {
+    if let Some(key) = t.current.as_ref().and_then(|p| p.batch.as_deref()) {
         return dir.batch_number(key);
     }
     t.prepull.as_ref().and_then(|p| dir.batch_number(&p.batch))
@@ -47,7 +47,7 @@ pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
     let dir = &snap.direction;
     let spec = snap.spec;
     let outcome = t
-        .pod
+        .current
         .as_ref()
         .and_then(|p| p.outcome.as_ref())
         .or(t.prepull.as_ref().and_then(|p| p.outcome.as_ref()));
@@ -61,7 +61,7 @@ pub fn state_of(snap: &Snapshot<'_>, t: &Target) -> TargetState {
         return deployment_state(snap, t, pulls);
     }
     let swapped = t.prepull.as_ref().is_some_and(|p| p.swapped_at.is_some());
-    let Some(pod) = &t.pod else {
+    let Some(pod) = &t.current else {
         // No pod: either our swap is in flight, or the workload does not run here now.
         return if swapped {
             TargetState::Swapping

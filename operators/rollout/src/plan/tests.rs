@@ -49,14 +49,14 @@ fn target(node: &str, group: &str) -> Target {
         image: NEW.into(),
         group: group.into(),
         node_ready: true,
-        pod: Some(pod(node, OLD)),
+        current: Some(pod(node, OLD)),
         prepull: None,
         slot: Slot::Node,
     }
 }
 
 fn chosen(mut t: Target, batch: i32) -> Target {
-    if let Some(p) = t.pod.as_mut() {
+    if let Some(p) = t.current.as_mut() {
         p.batch = Some(batch.to_string());
         p.chosen_at = Some(t0());
     }
@@ -278,7 +278,7 @@ fn a_swap_is_verified_after_min_ready_and_its_interruption_measured() {
     let mut new_pod = pod("a", NEW);
     new_pod.name = "toll-a-new".into();
     new_pod.ready_since = Some(at(103));
-    t.pod = Some(new_pod);
+    t.current = Some(new_pod);
     // minReadySeconds 5: not yet at 106...
     let early = plan(&snapshot(
         &spec,
@@ -306,7 +306,7 @@ fn a_new_pod_never_ready_fails_the_target() {
     t.prepull.as_mut().unwrap().swapped_at = Some(at(0));
     let mut new_pod = pod("a", NEW);
     new_pod.ready_since = None;
-    t.pod = Some(new_pod);
+    t.current = Some(new_pod);
     let plan = plan(&snapshot(&spec, vec![t], 1, 1, at(31)));
     assert!(
         plan.actions
@@ -319,7 +319,7 @@ fn a_new_pod_never_ready_fails_the_target() {
 fn an_exceeded_budget_starts_nothing_new() {
     let spec = spec(serde_json::json!({"batches": {"size": 2}, "failurePolicy": {"tolerance": 0}}));
     let mut failed = chosen(target("a", ""), 1);
-    failed.pod.as_mut().unwrap().outcome = Some(Outcome {
+    failed.current.as_mut().unwrap().outcome = Some(Outcome {
         kind: OutcomeKind::Failed,
         reason: "PullFailed".into(),
         message: String::new(),
@@ -405,7 +405,7 @@ fn cluster_batch_marks_win_over_a_lost_status_write() {
         (0..n)
             .map(|i| {
                 let mut t = target(&format!("edge-{i:02}"), "");
-                t.pod.as_mut().unwrap().batch = batch.map(str::to_string);
+                t.current.as_mut().unwrap().batch = batch.map(str::to_string);
                 t
             })
             .collect()
@@ -460,7 +460,7 @@ fn paused_finishes_work_in_flight_but_starts_nothing() {
     let spec = spec(serde_json::json!({"batches": {"size": 2}}));
     let mut done = with_prepull(chosen(target("a", ""), 1), PullState::Pulled, 1);
     done.prepull.as_mut().unwrap().swapped_at = Some(t0());
-    done.pod = Some(pod("a", NEW));
+    done.current = Some(pod("a", NEW));
     let pulled = with_prepull(chosen(target("b", ""), 1), PullState::Pulled, 1);
     let mut snap = snapshot(&spec, vec![done, pulled, target("c", "")], 1, 2, at(60));
     snap.hold = true;
@@ -472,13 +472,13 @@ fn paused_finishes_work_in_flight_but_starts_nothing() {
 fn done_when_every_target_is_terminal() {
     let spec = spec(serde_json::json!({}));
     let mut skipped = target("b", "");
-    skipped.pod.as_mut().unwrap().outcome = Some(Outcome {
+    skipped.current.as_mut().unwrap().outcome = Some(Outcome {
         kind: OutcomeKind::Skipped,
         reason: "NodeOffline".into(),
         message: String::new(),
     });
     let mut t = target("a", "");
-    t.pod = Some(pod("a", NEW));
+    t.current = Some(pod("a", NEW));
     let p = plan(&snapshot(&spec, vec![t, skipped], 1, 1, at(60)));
     assert!(p.complete);
     assert_eq!((p.counts.updated, p.counts.skipped), (1, 1));
@@ -494,7 +494,7 @@ fn offline_targets_are_caught_up_within_the_window() {
     let offline = |reason: &str, kind: OutcomeKind, ready: bool| {
         let mut t = chosen(target("b", ""), 1);
         t.node_ready = ready;
-        t.pod.as_mut().unwrap().outcome = Some(Outcome {
+        t.current.as_mut().unwrap().outcome = Some(Outcome {
             kind,
             reason: reason.into(),
             message: String::new(),
@@ -502,7 +502,7 @@ fn offline_targets_are_caught_up_within_the_window() {
         t
     };
     let mut done = chosen(target("a", ""), 1);
-    done.pod.as_mut().unwrap().image = NEW.into();
+    done.current.as_mut().unwrap().image = NEW.into();
     // (reason, outcome, node ready, window open) -> (actions, catching up, complete)
     let cases = [
         (
@@ -603,8 +603,8 @@ fn a_step_pause_is_never_skipped_in_the_reconcile_that_finishes_its_batch() {
     let spec =
         spec(serde_json::json!({"batches": {"steps": [{"size": 1, "pause": {}}, {"size": 1}]}}));
     let mut done = target("a", "");
-    done.pod = Some(pod("a", NEW));
-    done.pod.as_mut().unwrap().batch = Some("1".into());
+    done.current = Some(pod("a", NEW));
+    done.current.as_mut().unwrap().batch = Some("1".into());
     let snap = snapshot(&spec, vec![done, target("b", "")], 1, 1, at(60));
     let p = plan(&snap);
     assert!(p.current_batch_done);

@@ -16,7 +16,7 @@ fn finished_targets_stay_counted_as_pre_pulled() {
         image: "toll:2".into(),
         group: String::new(),
         node_ready: true,
-        pod: Some(PodView {
+        current: Some(PodView {
             name: "p".into(),
             uid: "u".into(),
             image: "toll:2".into(),

@@ -57,7 +57,7 @@ fn ordinal(n: i32, partition: i32, pod: PodView, prepull: Option<PrePullView>) -
         image: NEW.into(),
         group: String::new(),
         node_ready: true,
-        pod: Some(pod),
+        current: Some(pod),
         prepull,
         slot: Slot::Ordinal {
             statefulset: "db".into(),
@@ -128,14 +128,14 @@ fn the_partition_passes_one_verified_ordinal_at_a_time() {
     );
     // db-3 on the new image but not Ready for minReadySeconds yet: db-2 waits.
     let mut swapped = chosen(3, 3);
-    swapped.pod = Some(view("db-3", NEW, None));
-    swapped.pod.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(8));
+    swapped.current = Some(view("db-3", NEW, None));
+    swapped.current.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(8));
     swapped.prepull.as_mut().unwrap().swapped_at = Some(t0());
     let mut targets: Vec<_> = (0..3).map(|n| chosen(n, 3)).collect();
     targets.push(swapped.clone());
     assert!(plan(&snapshot(&spec, targets, 1)).actions.is_empty());
     // Verified: it is finished, with its interruption, and db-2 goes next.
-    swapped.pod.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(2));
+    swapped.current.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(2));
     let mut targets: Vec<_> = (0..3).map(|n| chosen(n, 3)).collect();
     targets.push(swapped);
     let p = plan(&snapshot(&spec, targets, 1));
@@ -160,7 +160,7 @@ fn an_ordinal_not_updated_blocks_every_ordinal_below_it() {
         serde_json::json!({"batches": {"size": 4}, "failurePolicy": {"tolerance": 1}}),
     );
     let mut failed = ordinal(3, 4, view("db-3", OLD, Some("1")), None);
-    failed.pod.as_mut().unwrap().outcome = Some(Outcome {
+    failed.current.as_mut().unwrap().outcome = Some(Outcome {
         kind: OutcomeKind::Failed,
         reason: "PullFailed".into(),
         message: String::new(),
@@ -188,7 +188,7 @@ fn an_ordinal_not_updated_blocks_every_ordinal_below_it() {
         .iter()
         .map(|(t, o)| {
             (
-                t.pod.as_ref().unwrap().name.as_str(),
+                t.current.as_ref().unwrap().name.as_str(),
                 o.reason.as_str(),
                 o.kind,
             )
@@ -213,7 +213,7 @@ fn deployment(name: &str, nodes: &[(&str, Option<PullState>)], batch: Option<&st
         image: NEW.into(),
         group: String::new(),
         node_ready: true,
-        pod: Some(view(name, OLD, batch)),
+        current: Some(view(name, OLD, batch)),
         prepull: None,
         slot: Slot::Workload {
             deployment: name.into(),
@@ -311,7 +311,7 @@ fn a_deployment_with_a_node_that_cannot_pull_fails_whole_and_is_never_patched() 
     assert_eq!(p.started_batch, None);
     // Recorded, the failure breaks the budget (tolerance 0): web is never started.
     let mut recorded = snap.clone();
-    let d = recorded.targets[0].pod.as_mut().unwrap();
+    let d = recorded.targets[0].current.as_mut().unwrap();
     d.outcome = Some(Outcome {
         kind: OutcomeKind::Failed,
         reason: "PullFailed".into(),
@@ -326,7 +326,7 @@ fn a_deployment_with_a_node_that_cannot_pull_fails_whole_and_is_never_patched() 
 fn a_deployment_is_done_once_its_rollout_is_complete_for_min_ready() {
     let spec = spec("Deployment", serde_json::json!({"batches": {"size": 1}}));
     let mut t = deployment("api", &[("a", Some(PullState::Pulled))], Some("1"));
-    let d = t.pod.as_mut().unwrap();
+    let d = t.current.as_mut().unwrap();
     d.image = NEW.into();
     d.ready_since = None;
     // Patched, rollout not complete yet: waiting, until the ready timeout (30s) fails it.
@@ -340,7 +340,7 @@ fn a_deployment_is_done_once_its_rollout_is_complete_for_min_ready() {
             .any(|a| matches!(a, Action::Record { outcome, .. } if outcome.reason == "NotReady"))
     );
     // Complete since t0 + 4s: verified at t0 + 10s (minReadySeconds 5), pulls dropped.
-    t.pod.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(4));
+    t.current.as_mut().unwrap().ready_since = Some(t0() + SignedDuration::from_secs(4));
     let p = plan(&snapshot(&spec, vec![t], 1));
     assert!(p.complete);
     assert_eq!(
