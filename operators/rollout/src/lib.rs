@@ -7,7 +7,8 @@
 //! | decide (pure) | [`plan`], [`prepull`] (pod shape, pull outcome), [`workload`] (patches) |
 //! | act | [`act`] |
 //! | status, events, gauges | [`status`], [`behind`] (targets left behind, held), [`report`] |
-//! | wire it up | [`controller`], [`metrics`] |
+//! | one reconcile, step by step | [`reconcile`] |
+//! | wire it up, release on the way out | [`controller`], [`metrics`] |
 
 pub mod act;
 pub mod behind;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod plan;
 pub mod prepull;
+pub mod reconcile;
 pub mod report;
 pub mod snapshot;
 pub mod status;
