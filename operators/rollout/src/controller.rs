@@ -1,4 +1,5 @@
-//! The RolloutJob controller: read → plan (pure, in [`crate::plan`]) → act → status.
+//! The RolloutJob controller: caches, the finalizer, and releasing workloads; one reconcile
+//! step by step is [`crate::reconcile`].
 //!
 //! Pods and nodes are read from reflector caches (stripped to the fields the plan reads, so
 //! memory stays flat at 100,000 pods); workloads are listed per reconcile (few objects). Active

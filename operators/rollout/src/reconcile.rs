@@ -4,7 +4,7 @@
 use edgefleet_api::rollout::{RolloutJob, RolloutJobSpec, RolloutJobStatus, RolloutPhase};
 use edgefleet_kit::{ConditionStatus, set_condition};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action as Requeue;
@@ -23,7 +23,8 @@ use crate::plan::{self, Direction, Snapshot, Target};
 use crate::report::{events, export_metrics, export_phase, publish};
 use crate::snapshot;
 use crate::status::{
-    Situation, build_status, current_batch_planned, decide, is_terminal, step_pause_active,
+    Decision, Situation, build_status, current_batch_planned, decide, is_terminal,
+    step_pause_active,
 };
 use crate::workload;
 
@@ -43,6 +44,21 @@ struct Blocked {
     requeue: Duration,
 }
 
+/// What one reconcile is about: the fresh job, its last status, which way it goes.
+struct Run<'a> {
+    job: &'a RolloutJob,
+    old: RolloutJobStatus,
+    ns: String,
+    uid: String,
+    now: Timestamp,
+    /// The first reconcile of a rollback: it starts its own batches from 1.
+    switching: bool,
+    direction: Direction,
+}
+
+/// One reconcile of an active job, as explicit steps: resolve (which workloads; may this job
+/// drive them) → prepare (put them in shape) → snapshot (read the targets) → plan (pure) →
+/// status (pure) → act (status and actions, in the order restarts need) → report.
 pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     // The plan builds on the status this operator wrote last (current batch, batch summaries,
     // recent failures). The watch cache can lag behind that write under load, and a plan made
@@ -59,162 +75,29 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
     if is_terminal(old.phase) {
         return Ok(Requeue::await_change());
     }
-    let uid = job.uid().ok_or(Error::MissingField("uid"))?;
-    let spec = &job.spec;
-    let now = Timestamp::now();
-
-    let rolling_back = spec.rollback || old.phase == RolloutPhase::RollingBack;
-    let direction = if rolling_back {
-        Direction::ROLLBACK
-    } else {
-        Direction::FORWARD
+    let rolling_back = job.spec.rollback || old.phase == RolloutPhase::RollingBack;
+    let run = Run {
+        job,
+        switching: rolling_back && old.phase != RolloutPhase::RollingBack,
+        direction: if rolling_back {
+            Direction::ROLLBACK
+        } else {
+            Direction::FORWARD
+        },
+        uid: job.uid().ok_or(Error::MissingField("uid"))?,
+        ns,
+        old,
+        now: Timestamp::now(),
     };
-    let aborting = spec.abort;
-    let switching = rolling_back && old.phase != RolloutPhase::RollingBack;
 
-    // Read: the workloads, and whether this job may drive them.
-    let (workloads, blocked) = match resolve_workloads(job, ctx, &ns, &uid, rolling_back).await? {
-        Ok(w) => (w, None),
-        Err(b) => (Vec::new(), Some(b)),
+    let mut workloads = match resolve_workloads(job, ctx, &run.ns, &run.uid, rolling_back).await? {
+        Ok(w) => w,
+        Err(b) => return blocked(ctx, &run, b).await,
     };
-    if let Some(b) = blocked {
-        let mut status = old.clone();
-        status.phase = b.phase;
-        status.message = Some(b.message.clone());
-        status.observed_generation = job.metadata.generation;
-        set_condition(
-            &mut status.conditions,
-            "Progressing",
-            ConditionStatus::False,
-            b.reason,
-            &b.message,
-            job.metadata.generation,
-            now,
-        );
-        if b.phase == RolloutPhase::Failed {
-            // Ended without a plan: still say what is left behind (and held).
-            let selector = ListParams::default().labels(&selector_string(&spec.target.selector));
-            let pods = namespace_pods(ctx, &ns);
-            let behind: Vec<Behind> = list_workloads(ctx, &ns, spec.target.kind, &selector)
-                .await?
-                .iter()
-                .map(|w| Behind {
-                    workload: w.label(),
-                    nodes: workload::pods_behind(w, &pods),
-                })
-                .collect();
-            behind::report(
-                &mut status,
-                spec.target.kind,
-                &spec.image,
-                &behind,
-                job.metadata.generation,
-                now,
-            );
-            set_condition(
-                &mut status.conditions,
-                "Failed",
-                ConditionStatus::True,
-                b.reason,
-                &b.message,
-                job.metadata.generation,
-                now,
-            );
-        }
-        if old.message.as_deref() != Some(&b.message) {
-            publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
-        }
-        write_status(ctx, job, &old, &status).await?;
-        export_phase(ctx, &ns, &job.name_any(), b.phase);
-        return Ok(Requeue::requeue(b.requeue));
-    }
-
-    // Hand edits: never fight a person; pause and say what changed.
-    let mut workloads = workloads;
-    let hand_edit = workloads
-        .iter()
-        .find_map(|w| workload::changed_by_hand(&w.obj, &w.container, &uid));
-    if hand_edit.is_none() && !aborting {
-        prepare_workloads(ctx, job, &ns, &uid, &mut workloads).await?;
-    }
-
-    // Snapshot → plan.
-    let all_pods = namespace_pods(ctx, &ns);
-    let nodes: HashMap<String, Arc<Node>> = ctx
-        .nodes
-        .state()
-        .into_iter()
-        .map(|n| (n.name_any(), n))
-        .collect();
-    let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, &direction);
-    let mut targets: Vec<Target> = Vec::new();
-    for w in &workloads {
-        match &w.obj {
-            workload::Object::DaemonSet(ds) => targets.extend(snapshot::daemonset_targets(
-                ds,
-                &w.container,
-                &w.image,
-                &direction,
-                job,
-                &all_pods,
-                &nodes,
-                &prepulls,
-            )),
-            workload::Object::StatefulSet(sts) => {
-                targets.extend(snapshot::statefulset_targets(
-                    sts,
-                    w.obj.partition(),
-                    &w.container,
-                    &w.image,
-                    &direction,
-                    job,
-                    &all_pods,
-                    &nodes,
-                    &prepulls,
-                ));
-            }
-            workload::Object::Deployment(d) => targets.extend(snapshot::deployment_target(
-                d,
-                &w.container,
-                &w.image,
-                &direction,
-                job,
-                &all_pods,
-                &nodes,
-                &prepulls,
-            )),
-        }
-    }
-    plan::order_targets(&mut targets);
-
-    let (current_batch, current_batch_size) = if switching {
-        (0, 0)
-    } else {
-        plan::recover_batch(
-            &direction,
-            &targets,
-            old.current_batch,
-            current_batch_planned(&old),
-        )
-    };
-    let step_pause = step_pause_active(job, &old, now);
-    let hold = spec.paused || hand_edit.is_some() || step_pause.is_some();
-    let snap = Snapshot {
-        spec,
-        direction: direction.clone(),
-        targets,
-        // The first reconcile of a rollback starts its own batches from 1.
-        current_batch,
-        current_batch_size,
-        hold,
-        stop: aborting,
-        catch_up_open: catch_up_open(&old, spec, now),
-        step_pause_pending: !old
-            .batches
-            .iter()
-            .any(|b| b.index == old.current_batch && b.finish_time.is_some()),
-        now,
-    };
+    let hand_edit = prepare(ctx, &run, &mut workloads).await?;
+    let (targets, other_direction, pods) = read_targets(ctx, &run, &workloads);
+    let step_pause = step_pause_active(job, &run.old, run.now);
+    let snap = snapshot_of(&run, targets, hand_edit.is_some() || step_pause.is_some());
     let plan = plan::plan(&snap);
     tracing::debug!(
         batch = plan.current_batch,
@@ -230,19 +113,296 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
         actions = plan.actions.len(),
         "planned"
     );
-
     let decision = decide(&Situation {
-        spec,
+        spec: &job.spec,
         plan: &plan,
         rolling_back,
-        aborting,
+        aborting: job.spec.abort,
         hand_edit,
         step_pause,
     });
+    let behind: Vec<Behind> = workloads
+        .iter()
+        .map(|w| Behind {
+            workload: w.obj.label(),
+            nodes: workload::pods_behind(&w.obj, &pods),
+        })
+        .collect();
+    let status = status_of(
+        &run,
+        &plan,
+        &decision,
+        &behind,
+        &direction_image(&workloads, &job.spec),
+    );
+    act(ctx, &run, &workloads, &plan, &status, &other_direction).await?;
+    report(ctx, &run, &snap, &plan, &decision, &status).await;
+
     let phase = decision.phase;
-    let pause_reason = decision.pause;
+    Ok(if is_terminal(phase) {
+        Requeue::await_change()
+    } else if phase == RolloutPhase::Paused {
+        Requeue::requeue(Duration::from_secs(5))
+    } else {
+        Requeue::requeue(Duration::from_secs(2))
+    })
+}
+
+/// Resolve found a reason not to act: say so (a condition, a warning event once).
+async fn blocked(ctx: &Context, run: &Run<'_>, b: Blocked) -> Result<Requeue> {
+    let (job, old, now, ns) = (run.job, &run.old, run.now, &run.ns);
+    let spec = &job.spec;
+    let mut status = old.clone();
+    status.phase = b.phase;
+    status.message = Some(b.message.clone());
+    status.observed_generation = job.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        "Progressing",
+        ConditionStatus::False,
+        b.reason,
+        &b.message,
+        job.metadata.generation,
+        now,
+    );
+    if b.phase == RolloutPhase::Failed {
+        // Ended without a plan: still say what is left behind (and held).
+        let selector = ListParams::default().labels(&selector_string(&spec.target.selector));
+        let pods = namespace_pods(ctx, ns);
+        let behind: Vec<Behind> = list_workloads(ctx, ns, spec.target.kind, &selector)
+            .await?
+            .iter()
+            .map(|w| Behind {
+                workload: w.label(),
+                nodes: workload::pods_behind(w, &pods),
+            })
+            .collect();
+        behind::report(
+            &mut status,
+            spec.target.kind,
+            &spec.image,
+            &behind,
+            job.metadata.generation,
+            now,
+        );
+        set_condition(
+            &mut status.conditions,
+            "Failed",
+            ConditionStatus::True,
+            b.reason,
+            &b.message,
+            job.metadata.generation,
+            now,
+        );
+    }
+    if old.message.as_deref() != Some(&b.message) {
+        publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
+    }
+    write_status(ctx, job, old, &status).await?;
+    export_phase(ctx, ns, &job.name_any(), b.phase);
+    Ok(Requeue::requeue(b.requeue))
+}
+
+/// Prepare: never fight a person (a hand edit pauses the job and is returned); otherwise put
+/// the workloads in the shape the job drives them in (a no-op once they are).
+async fn prepare(
+    ctx: &Context,
+    run: &Run<'_>,
+    workloads: &mut [Workload],
+) -> Result<Option<String>> {
+    let hand_edit = workloads
+        .iter()
+        .find_map(|w| workload::changed_by_hand(&w.obj, &w.container, &run.uid));
+    if hand_edit.is_none() && !run.job.spec.abort {
+        prepare_workloads(ctx, run.job, &run.ns, &run.uid, workloads).await?;
+    }
+    Ok(hand_edit)
+}
+
+/// Snapshot: the targets of every workload (from the caches), in rollout order; the job's
+/// pre-pull pods of the other direction (to delete); the namespace's pods.
+fn read_targets(
+    ctx: &Context,
+    run: &Run<'_>,
+    workloads: &[Workload],
+) -> (Vec<Target>, Vec<String>, Vec<Arc<Pod>>) {
+    let (job, direction) = (run.job, &run.direction);
+    let all_pods = namespace_pods(ctx, &run.ns);
+    let nodes: HashMap<String, Arc<Node>> = ctx
+        .nodes
+        .state()
+        .into_iter()
+        .map(|n| (n.name_any(), n))
+        .collect();
+    let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, direction);
+    let mut targets: Vec<Target> = Vec::new();
+    for w in workloads {
+        match &w.obj {
+            workload::Object::DaemonSet(ds) => targets.extend(snapshot::daemonset_targets(
+                ds,
+                &w.container,
+                &w.image,
+                direction,
+                job,
+                &all_pods,
+                &nodes,
+                &prepulls,
+            )),
+            workload::Object::StatefulSet(sts) => {
+                targets.extend(snapshot::statefulset_targets(
+                    sts,
+                    w.obj.partition(),
+                    &w.container,
+                    &w.image,
+                    direction,
+                    job,
+                    &all_pods,
+                    &nodes,
+                    &prepulls,
+                ));
+            }
+            workload::Object::Deployment(d) => targets.extend(snapshot::deployment_target(
+                d,
+                &w.container,
+                &w.image,
+                direction,
+                job,
+                &all_pods,
+                &nodes,
+                &prepulls,
+            )),
+        }
+    }
+    plan::order_targets(&mut targets);
+
+    let stale = other_direction.iter().map(|p| p.name_any()).collect();
+    (targets, stale, all_pods)
+}
+
+/// Plan input: the targets, and what the status and spec say of the batch in progress.
+fn snapshot_of<'a>(run: &Run<'a>, targets: Vec<Target>, held: bool) -> Snapshot<'a> {
+    let (spec, old, now) = (&run.job.spec, &run.old, run.now);
+    let (current_batch, current_batch_size) = if run.switching {
+        (0, 0)
+    } else {
+        plan::recover_batch(
+            &run.direction,
+            &targets,
+            old.current_batch,
+            current_batch_planned(old),
+        )
+    };
+    Snapshot {
+        spec,
+        direction: run.direction.clone(),
+        targets,
+        current_batch,
+        current_batch_size,
+        hold: spec.paused || held,
+        stop: spec.abort,
+        catch_up_open: catch_up_open(old, spec, now),
+        step_pause_pending: !old
+            .batches
+            .iter()
+            .any(|b| b.index == old.current_batch && b.finish_time.is_some()),
+        now,
+    }
+}
+
+/// Status (pure): the phase decided, counts, batches, conditions, catch-up and what is behind.
+fn status_of(
+    run: &Run<'_>,
+    plan: &plan::Plan,
+    decision: &Decision,
+    behind: &[Behind],
+    image: &str,
+) -> RolloutJobStatus {
+    let (job, now) = (run.job, run.now);
+    let spec = &job.spec;
+    let phase = decision.phase;
+    let mut base = run.old.clone();
+    if run.switching {
+        base.batches.clear();
+        base.current_batch = 0;
+    }
+    let mut status = build_status(job, &base, plan, phase, decision.pause.clone(), now);
+    if phase == RolloutPhase::Progressing && plan.catching_up > 0 && !plan.complete {
+        catching_up_message(&mut status, plan, spec, job.metadata.generation, now);
+    }
+    behind::report(
+        &mut status,
+        spec.target.kind,
+        image,
+        behind,
+        job.metadata.generation,
+        now,
+    );
+    status
+}
+
+/// Act: the status and the plan's actions, in the order restarts need. Normally the status
+/// goes first: a batch is recorded as started (with its planned size) before any target is
+/// chosen for it, so a crash in between is finished by the next plan instead of starting the
+/// batch a second time. An ending job acts first and records last: releasing the workloads is
+/// idempotent, and a terminal status is never looked at again.
+async fn act(
+    ctx: &Context,
+    run: &Run<'_>,
+    workloads: &[Workload],
+    plan: &plan::Plan,
+    status: &RolloutJobStatus,
+    other_direction: &[String],
+) -> Result<()> {
+    let (job, ns) = (run.job, &run.ns);
+    let spec = &job.spec;
+    let actor = Actor {
+        pods: Api::namespaced(ctx.client.clone(), ns),
+        kind: spec.target.kind,
+        deployments: Api::namespaced(ctx.client.clone(), ns),
+        statefulsets: Api::namespaced(ctx.client.clone(), ns),
+        containers: workloads
+            .iter()
+            .map(|w| (w.obj.name(), w.container.clone()))
+            .collect(),
+        job,
+        direction: &run.direction,
+        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
+        metrics: &ctx.rollout,
+        field_manager: OPERATOR,
+    };
+    if is_terminal(status.phase) {
+        actor.run(plan.actions.clone()).await?;
+        release(
+            ctx,
+            ns,
+            spec.target.kind,
+            &run.uid,
+            status.phase != RolloutPhase::Aborted,
+        )
+        .await?;
+        write_status(ctx, job, &run.old, status).await?;
+    } else {
+        write_status(ctx, job, &run.old, status).await?;
+        for stale in other_direction {
+            let _ = actor.pods.delete(stale, &DeleteParams::default()).await;
+        }
+        actor.run(plan.actions.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Report: events for what changed, and the job's gauges.
+async fn report(
+    ctx: &Context,
+    run: &Run<'_>,
+    snap: &Snapshot<'_>,
+    plan: &plan::Plan,
+    decision: &Decision,
+    status: &RolloutJobStatus,
+) {
+    let job = run.job;
     if let Some(message) = &decision.budget_exceeded
-        && old.phase != phase
+        && run.old.phase != decision.phase
     {
         publish(
             ctx,
@@ -253,90 +413,15 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
         )
         .await;
     }
-
-    let mut base = old.clone();
-    if switching {
-        base.batches.clear();
-        base.current_batch = 0;
-    }
-    let mut status = build_status(job, &base, &plan, phase, pause_reason.clone(), now);
-    let behind: Vec<Behind> = workloads
-        .iter()
-        .map(|w| Behind {
-            workload: w.obj.label(),
-            nodes: workload::pods_behind(&w.obj, &all_pods),
-        })
-        .collect();
-    if phase == RolloutPhase::Progressing && plan.catching_up > 0 && !plan.complete {
-        catching_up_message(&mut status, &plan, spec, job.metadata.generation, now);
-    }
-    behind::report(
-        &mut status,
-        spec.target.kind,
-        &direction_image(&workloads, spec),
-        &behind,
-        job.metadata.generation,
-        now,
-    );
-
-    // Order matters for restarts. Normally the status goes first: a batch is recorded as
-    // started (with its planned size) before any target is chosen for it, so a crash in
-    // between is finished by the next plan instead of starting the batch a second time. An
-    // ending job acts first and records last: releasing the workloads is idempotent, and a
-    // terminal status is never looked at again.
-    let actor = Actor {
-        pods: Api::namespaced(ctx.client.clone(), &ns),
-        kind: spec.target.kind,
-        deployments: Api::namespaced(ctx.client.clone(), &ns),
-        statefulsets: Api::namespaced(ctx.client.clone(), &ns),
-        containers: workloads
-            .iter()
-            .map(|w| (w.obj.name(), w.container.clone()))
-            .collect(),
-        job,
-        direction: &direction,
-        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
-        metrics: &ctx.rollout,
-        field_manager: OPERATOR,
-    };
-    if is_terminal(phase) {
-        actor.run(plan.actions.clone()).await?;
-        release(
-            ctx,
-            &ns,
-            spec.target.kind,
-            &uid,
-            phase != RolloutPhase::Aborted,
-        )
-        .await?;
-        write_status(ctx, job, &old, &status).await?;
-    } else {
-        write_status(ctx, job, &old, &status).await?;
-        for stale in &other_direction {
-            let _ = actor
-                .pods
-                .delete(&stale.name_any(), &DeleteParams::default())
-                .await;
-        }
-        actor.run(plan.actions.clone()).await?;
-    }
-    events(ctx, job, &old, &status, &plan).await;
+    events(ctx, job, &run.old, status, plan).await;
     export_metrics(
         ctx,
         job,
-        &snap,
-        &old,
-        &status,
+        snap,
+        &run.old,
+        status,
         decision.budget_exceeded.is_some(),
     );
-
-    Ok(if is_terminal(phase) {
-        Requeue::await_change()
-    } else if phase == RolloutPhase::Paused {
-        Requeue::requeue(Duration::from_secs(5))
-    } else {
-        Requeue::requeue(Duration::from_secs(2))
-    })
 }
 
 /// Finds the job's workloads and checks it may drive them; `Err(Blocked)` says why not.

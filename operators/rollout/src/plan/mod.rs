@@ -18,12 +18,12 @@
 //!
 //! | concept | module |
 //! |---|---|
-//! | targets, snapshot, actions, the plan | [`model`] |
-//! | rollout order, batch sizes, tolerance | [`batches`] |
-//! | where a target stands, ordinal gates | [`state`] |
-//! | when verified, a pull failed, an offline wait ended | [`rules`] |
-//! | the next step of a DaemonSet / StatefulSet target | [`slot`] |
-//! | the next step of a Deployment target | [`deployment`] |
+//! | targets, snapshot, actions, the plan | `model` |
+//! | rollout order, batch sizes, tolerance | `batches` |
+//! | where a target stands, ordinal gates | `state` |
+//! | when verified, a pull failed, an offline wait ended | `rules` |
+//! | the next step of a DaemonSet / StatefulSet target | `slot` |
+//! | the next step of a Deployment target | `deployment` |
 
 mod batches;
 mod deployment;
