@@ -38,10 +38,15 @@ impl PodLog {
         let task = tokio::spawn(async move {
             let mut stream = watcher(api, watcher::Config::default())
                 .default_backoff()
-                .applied_objects()
                 .boxed();
             while let Some(event) = stream.next().await {
-                let Ok(pod) = event else { continue };
+                // A pod removed at once (no grace period) shows only as a Delete event: it is
+                // recorded as deleting too.
+                let (pod, gone) = match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
+                    Ok(watcher::Event::Delete(pod)) => (pod, true),
+                    _ => continue,
+                };
                 let status = pod.status.clone().unwrap_or_default();
                 let ready = status
                     .conditions
@@ -64,7 +69,7 @@ impl PodLog {
                         .and_then(|s| s.containers.first())
                         .and_then(|c| c.image.clone())
                         .unwrap_or_default(),
-                    deleting: pod.metadata.deletion_timestamp.is_some(),
+                    deleting: gone || pod.metadata.deletion_timestamp.is_some(),
                     running: status.phase.as_deref() == Some("Running"),
                     ready,
                 };

@@ -49,7 +49,9 @@ async fn kubectl_knows_short_names_and_columns() {
         None,
     )
     .unwrap();
-    for col in ["Phase", "Batch", "Targets", "Updated", "Failed", "Age"] {
+    for col in [
+        "Phase", "Batch", "Targets", "Updated", "Failed", "Behind", "Age",
+    ] {
         assert!(
             columns.contains(col),
             "RolloutJob lacks column {col}: {columns}"

@@ -166,7 +166,7 @@ pub(crate) async fn operator_looked_again(bed: &Bed) {
 }
 
 /// The DaemonSet's live pods by node.
-async fn pods_by_node(bed: &Bed, app: &str) -> BTreeMap<String, Pod> {
+pub(crate) async fn pods_by_node(bed: &Bed, app: &str) -> BTreeMap<String, Pod> {
     let api: Api<Pod> = bed.ns.api();
     api.list(&ListParams::default().labels(&format!("app={app}")))
         .await
@@ -415,6 +415,9 @@ async fn a_budget_breach_rolls_back_what_was_updated() {
         spec.update_strategy.unwrap().type_.as_deref(),
         Some("RollingUpdate")
     );
+    // Nothing is behind, so the DaemonSet has its strategy back — and nothing moves after.
+    assert_eq!(status.behind, 0);
+    crate::rollout_end::hold_for(&bed, "toll", OLD).await;
     // Batch 1 (edge-0020..24) had been updated and was swapped back: two swaps each.
     let per_node = swaps_per_node(&bed.pods.events(), "toll");
     for i in 20..25 {
@@ -571,74 +574,6 @@ async fn a_hand_edit_mid_rollout_pauses_the_job() {
         template.containers[0].image.as_deref(),
         Some("registry.example/toll/agent:9.9")
     );
-}
-
-#[tokio::test]
-async fn offline_nodes_are_skipped_or_waited_for() {
-    let bed = bed("offline").await;
-    // Two DaemonSets with a pod on every node of station-5, then one node loses its link.
-    daemonset(&bed, "skipper", (STATION, "station-5")).await;
-    daemonset(&bed, "waiter", (STATION, "station-5")).await;
-    let offline = "edge-0059";
-    set_node_ready(&bed.client, offline, false).await;
-    let _restore = NodeGuard(offline.to_string());
-
-    create_job(
-        &bed,
-        "skip",
-        "skipper",
-        NEW,
-        serde_json::json!({"batches": {"size": 5}}),
-    )
-    .await;
-    let job = wait_phase(&bed, "skip", RolloutPhase::Completed, 120).await;
-    let status = job.status.unwrap();
-    assert_eq!((status.counts.updated, status.counts.skipped), (9, 1));
-    assert!(
-        status
-            .recent_failures
-            .iter()
-            .any(|f| f.node == offline && f.reason == "NodeOffline"),
-        "{:?}",
-        status.recent_failures
-    );
-
-    create_job(
-        &bed,
-        "wait",
-        "waiter",
-        NEW,
-        serde_json::json!({
-            "batches": {"size": 5},
-            "offlineNodes": {"action": "Wait", "waitSeconds": 300},
-        }),
-    )
-    .await;
-    // Everything else is done, but the job waits for the offline node...
-    let api: Api<RolloutJob> = bed.ns.api();
-    wait_for("9 targets updated", Duration::from_secs(120), || async {
-        let s = api.get("wait").await?.status.unwrap_or_default();
-        Ok((s.counts.updated == 9).then_some(()))
-    })
-    .await
-    .unwrap();
-    operator_looked_again(&bed).await;
-    assert_eq!(
-        api.get("wait").await.unwrap().status.unwrap().phase,
-        RolloutPhase::Progressing
-    );
-    assert_eq!(image_of(&pods_by_node(&bed, "waiter").await[offline]), OLD);
-    // ... and catches it up, pre-pull first, when it comes back.
-    set_node_ready(&bed.client, offline, true).await;
-    let job = wait_phase(&bed, "wait", RolloutPhase::Completed, 120).await;
-    assert_eq!(job.status.unwrap().counts.updated, 10);
-    assert!(
-        pods_by_node(&bed, "waiter")
-            .await
-            .values()
-            .all(|p| image_of(p) == NEW)
-    );
-    assert!(pulls(&bed.pods.events()).contains_key(offline));
 }
 
 /// A step of a target's life that the cluster shows while it is in progress.
@@ -864,7 +799,7 @@ async fn an_operator_killed_mid_batch_resumes_without_a_double_or_missed_swap() 
 }
 
 /// Takes a node out of kwok's hands and sets its Ready condition, as a lost link would.
-async fn set_node_ready(client: &Client, node: &str, ready: bool) {
+pub(crate) async fn set_node_ready(client: &Client, node: &str, ready: bool) {
     let nodes: Api<Node> = Api::all(client.clone());
     let annotation = if ready {
         serde_json::json!("fake")
@@ -921,7 +856,7 @@ async fn set_node_ready(client: &Client, node: &str, ready: bool) {
 }
 
 /// Gives a node back to kwok even when the test fails.
-struct NodeGuard(String);
+pub(crate) struct NodeGuard(pub(crate) String);
 
 impl Drop for NodeGuard {
     fn drop(&mut self) {

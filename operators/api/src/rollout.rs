@@ -105,6 +105,12 @@ const IMAGE_REFERENCE: &str = r"self.matches('^(([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-
         json_path = ".status.counts.failed"
     ),
     printcolumn(
+        name = "Behind",
+        type_ = "integer",
+        json_path = ".status.behind",
+        description = "targets not on the workload's template image; condition NodesBehind says how to finish"
+    ),
+    printcolumn(
         name = "Image",
         type_ = "string",
         json_path = ".spec.image",
@@ -160,6 +166,10 @@ pub struct RolloutJobSpec {
     /// What to do with targets on NotReady nodes.
     #[serde(default)]
     pub offline_nodes: OfflineNodePolicy,
+
+    /// Catching up targets skipped because their node was offline, once it returns.
+    #[serde(default)]
+    pub catch_up: CatchUpPolicy,
 
     /// Pause between actions: work in flight finishes, nothing new starts. Set back to false
     /// (or remove) to resume.
@@ -377,6 +387,28 @@ pub struct OfflineNodePolicy {
     pub wait_seconds: Option<i64>,
 }
 
+/// Catching up nodes that come back: a target skipped (or failed) because its node was offline
+/// is reopened when the node is Ready again, pre-pulled, then swapped, in a batch of its own.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CatchUpPolicy {
+    /// How long after its last batch the job keeps waiting for offline nodes to return (it stays
+    /// `Progressing` meanwhile). 0: end at once. Targets still offline after that stay on the old
+    /// image, held (a DaemonSet stays `OnDelete`): condition `NodesBehind` says how to finish.
+    /// Default 3600.
+    #[serde(default = "default_catch_up_window")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub window_seconds: i64,
+}
+
+impl Default for CatchUpPolicy {
+    fn default() -> Self {
+        Self {
+            window_seconds: default_catch_up_window(),
+        }
+    }
+}
+
 /// Where a RolloutJob is in its life.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RolloutPhase {
@@ -471,6 +503,11 @@ pub struct RolloutJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub recent_failures: Vec<TargetFailure>,
+    /// Targets whose pod is not on its workload's template image (not pulled, failed, skipped,
+    /// offline). At the end of a job they are held: a DaemonSet stays `OnDelete`, a
+    /// StatefulSet keeps its partition, so no controller swaps them without a pre-pull.
+    #[serde(default)]
+    pub behind: i64,
     /// One line saying what the job is doing or waiting for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -589,6 +626,9 @@ fn default_pull_parallelism() -> i32 {
 fn default_pull_retries() -> i32 {
     2
 }
+fn default_catch_up_window() -> i64 {
+    3600
+}
 fn default_ready_timeout() -> i64 {
     300
 }
@@ -612,6 +652,7 @@ mod tests {
             "\"shortNames\":[\"rj\",\"rjob\"]",
             "\"status\":{}",
             ".status.progress",
+            ".status.behind",
         ] {
             assert!(crd.contains(needle), "CRD lacks {needle}");
         }
@@ -630,5 +671,6 @@ mod tests {
         assert_eq!(spec.failure_policy.tolerance, IntOrString::Int(0));
         assert_eq!(spec.offline_nodes.action, OfflineNodeAction::Skip);
         assert!(!spec.paused);
+        assert_eq!(spec.catch_up.window_seconds, 3600);
     }
 }

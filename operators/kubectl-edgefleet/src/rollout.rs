@@ -195,6 +195,13 @@ pub fn render_status(job: &RolloutJob, now: Timestamp) -> String {
     if let Some(m) = s.message.as_deref().filter(|m| !m.is_empty()) {
         o.push_str(&format!("  message    {m}\n"));
     }
+    if s.behind > 0 {
+        let why = find_condition(&s.conditions, "NodesBehind")
+            .filter(|c| c.status == "True")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        o.push_str(&format!("  behind     {}: {why}\n", s.behind));
+    }
     if s.phase == RolloutPhase::Paused
         && let Some(p) = find_condition(&s.conditions, "Paused").filter(|c| c.status == "True")
     {
@@ -508,6 +515,24 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("note"), "{text}");
+        assert!(!text.contains("behind"), "{text}");
+    }
+
+    #[test]
+    fn status_view_says_what_is_left_behind_and_how_to_finish() {
+        let mut job = fixture();
+        let s = job.status.as_mut().unwrap();
+        s.phase = RolloutPhase::Completed;
+        s.behind = 1;
+        s.conditions = serde_json::from_value(json!([{"type": "NodesBehind", "status": "True",
+            "reason": "Held", "message": "1 targets not on their template image (DaemonSet/toll on edge-7): held, the DaemonSet stays OnDelete",
+            "lastTransitionTime": "2026-01-01T00:00:14Z"}]))
+        .unwrap();
+        let text = render_status(&job, "2026-01-01T00:01:00Z".parse().unwrap());
+        assert!(
+            text.contains("  behind     1: 1 targets not on their template image (DaemonSet/toll on edge-7): held, the DaemonSet stays OnDelete\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -223,6 +223,16 @@ impl Actor<'_> {
                         .map(|_| ()),
                 )
             }
+            Action::Reopen { pod } => {
+                let patch =
+                    json!({"metadata": {"annotations": {keys::TARGET_OUTCOME_ANNOTATION: null}}});
+                ignore_gone(
+                    self.pods
+                        .patch(&pod, &self.params(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ()),
+                )
+            }
             Action::DeletePrePull { name } => ignore_gone(
                 self.pods
                     .delete(&name, &DeleteParams::default())

@@ -1,37 +1,30 @@
-//! The RolloutJob controller: read → plan (pure, in [`crate::plan`]) → act → status.
+//! The RolloutJob controller: caches, the finalizer, and releasing workloads; one reconcile
+//! step by step is [`crate::reconcile`].
 //!
 //! Pods and nodes are read from reflector caches (stripped to the fields the plan reads, so
 //! memory stays flat at 100,000 pods); workloads are listed per reconcile (few objects). Active
 //! jobs are requeued every couple of seconds: progress is driven by the clock (timeouts,
 //! minReadySeconds) as much as by events.
 
-use edgefleet_api::rollout::{RolloutJob, RolloutJobStatus, RolloutPhase, WorkloadKind, keys};
-use edgefleet_kit::{ConditionStatus, ReconcileMetrics, set_condition};
+use edgefleet_api::rollout::{RolloutJob, RolloutPhase, WorkloadKind, keys};
+use edgefleet_kit::ReconcileMetrics;
 use futures::StreamExt;
-use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::act::Actor;
 use crate::error::{Error, Result};
 use crate::metrics::RolloutMetrics;
-use crate::plan::{self, Direction, Snapshot, Target};
-use crate::report::{events, export_metrics, export_phase, forget, publish};
-use crate::snapshot;
-use crate::status::{
-    Situation, build_status, current_batch_planned, decide, is_terminal, step_pause_active,
-};
+use crate::report::forget;
 use crate::workload;
 
 /// Field manager and event reporter of this operator.
@@ -161,7 +154,7 @@ async fn reconcile(job: Arc<RolloutJob>, ctx: Arc<Context>) -> Result<Requeue> {
     let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), &ns);
     let work = finalizer(&jobs, FINALIZER, job, |event| async {
         match event {
-            Finalizer::Apply(job) => apply(&job, &ctx).await,
+            Finalizer::Apply(job) => crate::reconcile::apply(&job, &ctx).await,
             Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
         }
     });
@@ -211,383 +204,31 @@ pub fn selector_string(selector: &LabelSelector) -> std::result::Result<String, 
     Ok(parts.join(","))
 }
 
-/// One workload the job drives, resolved against the cluster.
-struct Workload {
-    obj: workload::Object,
-    container: String,
-    /// The image its targets must end on in the current direction.
-    image: String,
-}
-
-/// What the read step found that stops the job from acting, with its condition reason.
-struct Blocked {
-    phase: RolloutPhase,
-    reason: &'static str,
-    message: String,
-    requeue: Duration,
-}
-
-async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
-    // The plan builds on the status this operator wrote last (current batch, batch summaries,
-    // recent failures). The watch cache can lag behind that write under load, and a plan made
-    // from a stale status would start a batch twice; a quorum read costs one GET.
-    let ns = cached.namespace().ok_or(Error::MissingField("namespace"))?;
-    let Some(fresh) = Api::<RolloutJob>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&cached.name_any())
-        .await?
-    else {
-        return Ok(Requeue::await_change());
-    };
-    let job = &fresh;
-    let old = job.status.clone().unwrap_or_default();
-    if is_terminal(old.phase) {
-        return Ok(Requeue::await_change());
-    }
-    let uid = job.uid().ok_or(Error::MissingField("uid"))?;
-    let spec = &job.spec;
-    let now = Timestamp::now();
-
-    let rolling_back = spec.rollback || old.phase == RolloutPhase::RollingBack;
-    let direction = if rolling_back {
-        Direction::ROLLBACK
-    } else {
-        Direction::FORWARD
-    };
-    let aborting = spec.abort;
-    let switching = rolling_back && old.phase != RolloutPhase::RollingBack;
-
-    // Read: the workloads, and whether this job may drive them.
-    let (workloads, blocked) = match resolve_workloads(job, ctx, &ns, &uid, rolling_back).await? {
-        Ok(w) => (w, None),
-        Err(b) => (Vec::new(), Some(b)),
-    };
-    if let Some(b) = blocked {
-        let mut status = old.clone();
-        status.phase = b.phase;
-        status.message = Some(b.message.clone());
-        status.observed_generation = job.metadata.generation;
-        set_condition(
-            &mut status.conditions,
-            "Progressing",
-            ConditionStatus::False,
-            b.reason,
-            &b.message,
-            job.metadata.generation,
-            now,
-        );
-        if b.phase == RolloutPhase::Failed {
-            set_condition(
-                &mut status.conditions,
-                "Failed",
-                ConditionStatus::True,
-                b.reason,
-                &b.message,
-                job.metadata.generation,
-                now,
-            );
+/// A workload as the API server holds it now.
+pub(crate) async fn get_workload(
+    ctx: &Context,
+    ns: &str,
+    w: &workload::Object,
+) -> Result<workload::Object> {
+    let client = ctx.client.clone();
+    let name = w.name();
+    Ok(match w {
+        workload::Object::DaemonSet(_) => {
+            workload::Object::DaemonSet(Api::<DaemonSet>::namespaced(client, ns).get(&name).await?)
         }
-        if old.message.as_deref() != Some(&b.message) {
-            publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
-        }
-        write_status(ctx, job, &old, &status).await?;
-        export_phase(ctx, &ns, &job.name_any(), b.phase);
-        return Ok(Requeue::requeue(b.requeue));
-    }
-
-    // Hand edits: never fight a person; pause and say what changed.
-    let mut workloads = workloads;
-    let hand_edit = workloads
-        .iter()
-        .find_map(|w| workload::changed_by_hand(&w.obj, &w.container, &uid));
-    if hand_edit.is_none() && !aborting {
-        prepare_workloads(ctx, job, &ns, &uid, &mut workloads).await?;
-    }
-
-    // Snapshot → plan.
-    let all_pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
-    let nodes: HashMap<String, Arc<Node>> = ctx
-        .nodes
-        .state()
-        .into_iter()
-        .map(|n| (n.name_any(), n))
-        .collect();
-    let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, &direction);
-    let mut targets: Vec<Target> = Vec::new();
-    for w in &workloads {
-        match &w.obj {
-            workload::Object::DaemonSet(ds) => targets.extend(snapshot::daemonset_targets(
-                ds,
-                &w.container,
-                &w.image,
-                &direction,
-                job,
-                &all_pods,
-                &nodes,
-                &prepulls,
-            )),
-            workload::Object::StatefulSet(sts) => {
-                targets.extend(snapshot::statefulset_targets(
-                    sts,
-                    w.obj.partition(),
-                    &w.container,
-                    &w.image,
-                    &direction,
-                    job,
-                    &all_pods,
-                    &nodes,
-                    &prepulls,
-                ));
-            }
-            workload::Object::Deployment(d) => targets.extend(snapshot::deployment_target(
-                d,
-                &w.container,
-                &w.image,
-                &direction,
-                job,
-                &all_pods,
-                &nodes,
-                &prepulls,
-            )),
-        }
-    }
-    plan::order_targets(&mut targets);
-
-    // The batch in progress is whatever the cluster's marks say, if they are ahead of the
-    // status (a status write lost after its batch was chosen): state lives on the cluster.
-    let marked = targets
-        .iter()
-        .filter_map(|t| plan::member_batch(&direction, t))
-        .max()
-        .unwrap_or(0);
-    let (current_batch, current_batch_size) = if switching {
-        (0, 0)
-    } else if marked > old.current_batch {
-        let members = targets
-            .iter()
-            .filter(|t| plan::member_batch(&direction, t) == Some(marked))
-            .count();
-        (marked, i64::try_from(members).unwrap_or(0))
-    } else {
-        (old.current_batch, current_batch_planned(&old))
-    };
-    let step_pause = step_pause_active(job, &old, now);
-    let hold = spec.paused || hand_edit.is_some() || step_pause.is_some();
-    let snap = Snapshot {
-        spec,
-        direction: direction.clone(),
-        targets,
-        // The first reconcile of a rollback starts its own batches from 1.
-        current_batch,
-        current_batch_size,
-        hold,
-        stop: aborting,
-        step_pause_pending: !old
-            .batches
-            .iter()
-            .any(|b| b.index == old.current_batch && b.finish_time.is_some()),
-        now,
-    };
-    let plan = plan::plan(&snap);
-    tracing::debug!(
-        batch = plan.current_batch,
-        targets = plan.counts.targets,
-        updated = plan.counts.updated,
-        pre_pulled = plan.counts.pre_pulled,
-        with_prepull = snap.targets.iter().filter(|t| t.prepull.is_some()).count(),
-        marked = snap
-            .targets
-            .iter()
-            .filter(|t| t.pod.as_ref().is_some_and(|p| p.batch.is_some()))
-            .count(),
-        actions = plan.actions.len(),
-        "planned"
-    );
-
-    let decision = decide(&Situation {
-        spec,
-        plan: &plan,
-        rolling_back,
-        aborting,
-        hand_edit,
-        step_pause,
-    });
-    let phase = decision.phase;
-    let pause_reason = decision.pause;
-    if let Some(message) = &decision.budget_exceeded
-        && old.phase != phase
-    {
-        publish(
-            ctx,
-            job,
-            EventType::Warning,
-            "FailureBudgetExceeded",
-            message,
-        )
-        .await;
-    }
-
-    let mut base = old.clone();
-    if switching {
-        base.batches.clear();
-        base.current_batch = 0;
-    }
-    let status = build_status(job, &base, &plan, phase, pause_reason.clone(), now);
-
-    // Order matters for restarts. Normally the status goes first: a batch is recorded as
-    // started (with its planned size) before any target is chosen for it, so a crash in
-    // between is finished by the next plan instead of starting the batch a second time. An
-    // ending job acts first and records last: releasing the workloads is idempotent, and a
-    // terminal status is never looked at again.
-    let actor = Actor {
-        pods: Api::namespaced(ctx.client.clone(), &ns),
-        kind: spec.target.kind,
-        deployments: Api::namespaced(ctx.client.clone(), &ns),
-        statefulsets: Api::namespaced(ctx.client.clone(), &ns),
-        containers: workloads
-            .iter()
-            .map(|w| (w.obj.name(), w.container.clone()))
-            .collect(),
-        job,
-        direction: &direction,
-        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
-        metrics: &ctx.rollout,
-        field_manager: OPERATOR,
-    };
-    if is_terminal(phase) {
-        actor.run(plan.actions.clone()).await?;
-        release(
-            ctx,
-            &ns,
-            spec.target.kind,
-            &uid,
-            phase != RolloutPhase::Aborted,
-        )
-        .await?;
-        write_status(ctx, job, &old, &status).await?;
-    } else {
-        write_status(ctx, job, &old, &status).await?;
-        for stale in &other_direction {
-            let _ = actor
-                .pods
-                .delete(&stale.name_any(), &DeleteParams::default())
-                .await;
-        }
-        actor.run(plan.actions.clone()).await?;
-    }
-    events(ctx, job, &old, &status, &plan).await;
-    export_metrics(
-        ctx,
-        job,
-        &snap,
-        &old,
-        &status,
-        decision.budget_exceeded.is_some(),
-    );
-
-    Ok(if is_terminal(phase) {
-        Requeue::await_change()
-    } else if phase == RolloutPhase::Paused {
-        Requeue::requeue(Duration::from_secs(5))
-    } else {
-        Requeue::requeue(Duration::from_secs(2))
+        workload::Object::StatefulSet(_) => workload::Object::StatefulSet(
+            Api::<StatefulSet>::namespaced(client, ns)
+                .get(&name)
+                .await?,
+        ),
+        workload::Object::Deployment(_) => workload::Object::Deployment(
+            Api::<Deployment>::namespaced(client, ns).get(&name).await?,
+        ),
     })
 }
 
-/// Finds the job's workloads and checks it may drive them; `Err(Blocked)` says why not.
-async fn resolve_workloads(
-    job: &RolloutJob,
-    ctx: &Context,
-    ns: &str,
-    uid: &str,
-    rolling_back: bool,
-) -> Result<std::result::Result<Vec<Workload>, Blocked>> {
-    let spec = &job.spec;
-    let kind = spec.target.kind;
-    let selector = match selector_string(&spec.target.selector) {
-        Ok(s) => s,
-        Err(e) => {
-            return Ok(Err(Blocked {
-                phase: RolloutPhase::Failed,
-                reason: "InvalidSelector",
-                message: format!("spec.target.selector: {e}"),
-                requeue: Duration::from_secs(300),
-            }));
-        }
-    };
-    let list = list_workloads(ctx, ns, kind, &ListParams::default().labels(&selector)).await?;
-    if list.is_empty() {
-        return Ok(Err(Blocked {
-            phase: RolloutPhase::Pending,
-            reason: "NoTargets",
-            message: format!("no {kind:?} in namespace {ns} matches selector {selector:?}"),
-            requeue: Duration::from_secs(30),
-        }));
-    }
-    let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), ns);
-    let mut out = Vec::new();
-    for obj in list {
-        let name = obj.name();
-        let containers = obj.containers();
-        let container =
-            match snapshot::target_container(&containers, spec.target.container.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    return Ok(Err(Blocked {
-                        phase: RolloutPhase::Pending,
-                        reason: "InvalidTarget",
-                        message: format!("{kind:?} {name} {e}"),
-                        requeue: Duration::from_secs(60),
-                    }));
-                }
-            };
-        if let Some((holder, holder_uid)) = workload::lock_holder(&obj)
-            && holder_uid != uid
-            && let Some(other) = jobs.get_opt(&holder).await?
-            && other.uid().as_deref() == Some(holder_uid.as_str())
-            && !other.status.as_ref().is_some_and(|s| is_terminal(s.phase))
-        {
-            return Ok(Err(Blocked {
-                phase: RolloutPhase::Pending,
-                reason: "WaitingForWorkload",
-                message: format!(
-                    "{kind:?} {name} is being rolled out by RolloutJob {holder}; this job starts when it ends"
-                ),
-                requeue: Duration::from_secs(10),
-            }));
-        }
-        let image = if rolling_back {
-            match workload::previous_image(&obj) {
-                Some(i) => i,
-                None => {
-                    return Ok(Err(Blocked {
-                        phase: RolloutPhase::Failed,
-                        reason: "NoPreviousImage",
-                        message: format!(
-                            "{kind:?} {name} has no recorded previous image to roll back to"
-                        ),
-                        requeue: Duration::from_secs(300),
-                    }));
-                }
-            }
-        } else {
-            spec.image.clone()
-        };
-        out.push(Workload {
-            obj,
-            container,
-            image,
-        });
-    }
-    Ok(Ok(out))
-}
-
 /// The workloads of `kind` in the namespace (fresh from the API server: few objects).
-async fn list_workloads(
+pub(crate) async fn list_workloads(
     ctx: &Context,
     ns: &str,
     kind: WorkloadKind,
@@ -620,7 +261,7 @@ async fn list_workloads(
 }
 
 /// Strategic-merge patches a workload; returns it as the API server stored it.
-async fn patch_workload(
+pub(crate) async fn patch_workload(
     ctx: &Context,
     ns: &str,
     w: &workload::Object,
@@ -648,76 +289,20 @@ async fn patch_workload(
     })
 }
 
-async fn prepare_workloads(
-    ctx: &Context,
-    job: &RolloutJob,
-    ns: &str,
-    uid: &str,
-    workloads: &mut [Workload],
-) -> Result<()> {
-    for w in workloads {
-        // The lock is taken on the version read (409 when it changed): on a conflict, read
-        // it again and decide again — held by another job now, or merely updated (status).
-        let mut attempts = 0;
-        while let Some(patch) =
-            workload::prepare_patch(&w.obj, &job.name_any(), uid, &w.container, &w.image)
-        {
-            match patch_workload(ctx, ns, &w.obj, &patch).await {
-                Ok(stored) => {
-                    // The plan reads the workload as it is now (a StatefulSet's partition).
-                    w.obj = stored;
-                    break;
-                }
-                Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempts < 3 => {
-                    attempts += 1;
-                    w.obj = get_workload(ctx, ns, &w.obj).await?;
-                    if let Some((holder, holder_uid)) = workload::lock_holder(&w.obj)
-                        && holder_uid != uid
-                    {
-                        return Err(Error::LockTaken {
-                            workload: w.obj.label(),
-                            holder,
-                        });
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A workload as the API server holds it now.
-async fn get_workload(ctx: &Context, ns: &str, w: &workload::Object) -> Result<workload::Object> {
-    let client = ctx.client.clone();
-    let name = w.name();
-    Ok(match w {
-        workload::Object::DaemonSet(_) => {
-            workload::Object::DaemonSet(Api::<DaemonSet>::namespaced(client, ns).get(&name).await?)
-        }
-        workload::Object::StatefulSet(_) => workload::Object::StatefulSet(
-            Api::<StatefulSet>::namespaced(client, ns)
-                .get(&name)
-                .await?,
-        ),
-        workload::Object::Deployment(_) => workload::Object::Deployment(
-            Api::<Deployment>::namespaced(client, ns).get(&name).await?,
-        ),
-    })
-}
-
 /// Gives every workload this job holds back — restored when `finished`, frozen as it is when
 /// aborted — and deletes the job's pre-pull pods.
-async fn release(
+pub(crate) async fn release(
     ctx: &Context,
     ns: &str,
     kind: WorkloadKind,
     uid: &str,
     finished: bool,
 ) -> Result<()> {
+    let pods: Vec<Arc<Pod>> = namespace_pods(ctx, ns);
     for w in list_workloads(ctx, ns, kind, &ListParams::default()).await? {
         let patch = if finished {
-            workload::release_patch(&w, uid)
+            // Pods left on the old image keep the workload held, whatever way the job ended.
+            workload::release_patch(&w, uid, workload::pods_behind(&w, &pods).len())
         } else {
             workload::freeze_patch(&w, uid)
         };
@@ -748,27 +333,20 @@ async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     Ok(Requeue::await_change())
 }
 
+/// The cached pods of one namespace.
+pub(crate) fn namespace_pods(ctx: &Context, ns: &str) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .collect()
+}
+
 fn manager() -> PatchParams {
     PatchParams {
         field_manager: Some(OPERATOR.into()),
         ..PatchParams::default()
     }
-}
-
-/// Applies the status (server-side, this operator's field manager) unless nothing changed.
-async fn write_status(
-    ctx: &Context,
-    job: &RolloutJob,
-    old: &RolloutJobStatus,
-    status: &RolloutJobStatus,
-) -> Result<()> {
-    if status == old {
-        return Ok(());
-    }
-    let api: Api<RolloutJob> =
-        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    edgefleet_kit::apply_status(&api, &job.name_any(), status, OPERATOR).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,15 +6,18 @@
 //! | read the cluster into targets | [`snapshot`] |
 //! | decide (pure) | [`plan`], [`prepull`] (pod shape, pull outcome), [`workload`] (patches) |
 //! | act | [`act`] |
-//! | status, events, gauges | [`status`], [`report`] |
-//! | wire it up | [`controller`], [`metrics`] |
+//! | status, events, gauges | [`status`], [`behind`] (targets left behind, held), [`report`] |
+//! | one reconcile, step by step | [`reconcile`] |
+//! | wire it up, release on the way out | [`controller`], [`metrics`] |
 
 pub mod act;
+pub mod behind;
 pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod plan;
 pub mod prepull;
+pub mod reconcile;
 pub mod report;
 pub mod snapshot;
 pub mod status;

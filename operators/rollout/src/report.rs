@@ -176,7 +176,12 @@ pub fn export_metrics(
         ended(&|s| by_state.get(s).copied().unwrap_or(0))
     };
     let progress = ctx.rollout.last_progress.with_label_values(&[&ns, &name]);
-    if progressed(progress.get(), before, after, old.phase != new.phase) {
+    // Catching up is waiting for offline nodes by design (bounded by spec.catchUp), not a stall.
+    let catching_up = new
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.reason == "CatchingUp");
+    if catching_up || progressed(progress.get(), before, after, old.phase != new.phase) {
         progress.set(unix_now());
     }
     let breaches = ctx.rollout.budget_breaches.with_label_values(&[&ns, &name]);

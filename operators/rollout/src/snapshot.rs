@@ -336,7 +336,7 @@ pub fn daemonset_targets(
                 .and_then(|key| node.and_then(|n| n.labels().get(key).cloned()))
                 .unwrap_or_default(),
             node_ready: node.is_some_and(|n| node_ready(n)),
-            pod,
+            current: pod,
             prepull,
             slot: Slot::Node,
         });
@@ -460,7 +460,7 @@ pub fn statefulset_targets(
             node,
             image: image.to_string(),
             group: group.clone(),
-            pod: pod.map(|p| pod_view(p, container, &uid, dir)),
+            current: pod.map(|p| pod_view(p, container, &uid, dir)),
             prepull,
             slot: Slot::Ordinal {
                 statefulset: name.clone(),
@@ -577,7 +577,7 @@ pub fn deployment_target(
             job.spec.batches.group_by.as_deref(),
         ),
         node_ready: pulls.iter().all(|p| p.node_ready),
-        pod: Some(view),
+        current: Some(view),
         prepull: None,
         slot: Slot::Workload {
             deployment: name,

@@ -16,7 +16,7 @@ use edgefleet_api::rollout::{WorkloadKind, keys};
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetUpdateStrategy, Deployment, StatefulSet, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -102,6 +102,50 @@ impl Object {
             Self::Deployment(o) => o.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         }
     }
+}
+
+/// The nodes of the workload's pods that are not on its template: a container image differs
+/// from the template's container of the same name (not pulled, failed, skipped, offline). Those
+/// pods must never be swapped by the workload's own controller. Deployments: none — the job
+/// patches a Deployment's template only after every node of it pulled, so its own rolling
+/// update never meets a node that did not pull.
+pub fn pods_behind(w: &Object, pods: &[std::sync::Arc<Pod>]) -> Vec<String> {
+    let Some(uid) = w.meta().uid.as_deref() else {
+        return Vec::new();
+    };
+    if matches!(w, Object::Deployment(_)) {
+        return Vec::new();
+    }
+    let template = w.containers();
+    let mut nodes: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+        })
+        .filter(|p| {
+            p.spec.as_ref().is_some_and(|spec| {
+                spec.containers.iter().any(|c| {
+                    template
+                        .iter()
+                        .find(|t| t.name == c.name)
+                        .is_some_and(|t| t.image != c.image)
+                })
+            })
+        })
+        .map(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_else(|| p.metadata.name.clone().unwrap_or_default())
+        })
+        .collect();
+    nodes.sort();
+    nodes
 }
 
 /// Who holds a workload: `(job name, job uid)`.
@@ -262,9 +306,18 @@ fn deployment_marks() -> serde_json::Map<String, Value> {
 
 /// Gives the workload back: its original update strategy, no lock. The template keeps the
 /// image the job ended on.
-pub fn release_patch(w: &Object, job_uid: &str) -> Option<Value> {
+///
+/// Unless pods are `behind` (not on the template: their node did not pull it). Then a
+/// DaemonSet is only unlocked, as by [`freeze_patch`]: it stays `OnDelete` (its own controller
+/// would swap those pods with no pre-pull, onto a node that perhaps cannot pull), and keeps the
+/// recorded strategy and previous image for the job that catches them up. A StatefulSet keeps
+/// its partition above them (see [`held_back`]).
+pub fn release_patch(w: &Object, job_uid: &str, behind: usize) -> Option<Value> {
     if !locked_by(w, job_uid) {
         return None;
+    }
+    if behind > 0 && matches!(w, Object::DaemonSet(_)) {
+        return freeze_patch(w, job_uid);
     }
     let mut annotations = serde_json::Map::new();
     for key in [
@@ -310,7 +363,7 @@ pub fn release_patch(w: &Object, job_uid: &str) -> Option<Value> {
                 // allowed) to hold pods back.
                 let rolling = obj.get("type").and_then(Value::as_str) != Some("OnDelete");
                 match (
-                    held_back(w).filter(|_| rolling),
+                    held_back(w, behind).filter(|_| rolling),
                     obj.get_mut("rollingUpdate"),
                 ) {
                     // Ordinals left on the old image (failed, blocked, skipped) stay behind the
@@ -347,14 +400,18 @@ pub fn release_patch(w: &Object, job_uid: &str) -> Option<Value> {
     })
 }
 
-/// A StatefulSet's partition while some of its pods are not on its template's revision.
-fn held_back(w: &Object) -> Option<i32> {
+/// A StatefulSet's partition while some of its pods are not on its template: `behind` of them
+/// by their images, or fewer updated replicas than desired by its status (which may lag).
+fn held_back(w: &Object, behind: usize) -> Option<i32> {
     let Object::StatefulSet(sts) = w else {
         return None;
     };
-    let updated = sts.status.as_ref()?.updated_replicas.unwrap_or(0);
+    let lagging = sts
+        .status
+        .as_ref()
+        .is_some_and(|s| s.updated_replicas.unwrap_or(0) < w.replicas());
     let partition = w.partition().filter(|p| *p > 0)?;
-    (updated < w.replicas()).then_some(partition)
+    (behind > 0 || lagging).then_some(partition)
 }
 
 /// Lets go of a workload without finishing it (abort): the lock goes, but a DaemonSet stays
@@ -497,10 +554,16 @@ mod tests {
         let edited = sts("db:2", lock, json!({"type": "RollingUpdate"}));
         assert!(changed_by_hand(&edited, "agent", "u1").is_some());
         // Release drops the job's partition; the original had none.
-        let patch = release_patch(&held, "u1").unwrap();
+        let patch = release_patch(&held, "u1", 0).unwrap();
         assert_eq!(
             patch["spec"]["updateStrategy"],
             json!({"type": "RollingUpdate", "rollingUpdate": null})
+        );
+        // Pods seen behind the template keep the partition, whatever the status says.
+        let patch = release_patch(&held, "u1", 1).unwrap();
+        assert_eq!(
+            patch["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}})
         );
         // Abort keeps the partition: nothing rolls on without a pre-pull.
         assert!(freeze_patch(&held, "u1").unwrap().get("spec").is_none());
@@ -512,7 +575,7 @@ mod tests {
             updated_replicas: Some(2),
             ..Default::default()
         });
-        let patch = release_patch(&Object::StatefulSet(partial), "u1").unwrap();
+        let patch = release_patch(&Object::StatefulSet(partial), "u1", 0).unwrap();
         assert_eq!(
             patch["spec"]["updateStrategy"],
             json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}})
@@ -532,7 +595,7 @@ mod tests {
             updated_replicas: Some(2),
             ..Default::default()
         });
-        let patch = release_patch(&Object::StatefulSet(on_delete), "u1").unwrap();
+        let patch = release_patch(&Object::StatefulSet(on_delete), "u1", 0).unwrap();
         assert_eq!(
             patch["spec"]["updateStrategy"],
             json!({"type": "OnDelete", "rollingUpdate": null})
@@ -559,7 +622,7 @@ mod tests {
             swap["metadata"]["annotations"][keys::ROLLOUT_IMAGE_ANNOTATION],
             "api:2"
         );
-        let release = release_patch(&locked, "u1").unwrap();
+        let release = release_patch(&locked, "u1", 0).unwrap();
         assert!(
             release.get("spec").is_none(),
             "the user's strategy is left alone"
@@ -655,9 +718,61 @@ mod tests {
             }),
             "OnDelete",
         );
-        let patch = release_patch(&d, "u1").unwrap();
+        let patch = release_patch(&d, "u1", 0).unwrap();
         assert_eq!(patch["spec"]["updateStrategy"]["type"], "RollingUpdate");
         assert!(patch["metadata"]["annotations"][keys::WORKLOAD_LOCK_ANNOTATION].is_null());
-        assert_eq!(release_patch(&d, "someone-else"), None);
+        assert_eq!(release_patch(&d, "someone-else", 0), None);
+    }
+
+    fn pod(name: &str, node: &str, owner: &str, image: &str) -> std::sync::Arc<Pod> {
+        std::sync::Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "toll",
+                    "uid": owner, "controller": true
+                }]},
+                "spec": {"nodeName": node, "containers": [{"name": "agent", "image": image}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// The promise after the end: a DaemonSet with a pod left on the old image (its node did
+    /// not pull) is never handed back to `RollingUpdate`, whatever way the job ended.
+    #[test]
+    fn a_daemonset_with_pods_behind_its_template_stays_on_delete() {
+        let Object::DaemonSet(mut d) = ds(
+            "toll:2",
+            json!({
+                keys::WORKLOAD_LOCK_ANNOTATION: "job/u1",
+                keys::PREVIOUS_IMAGE_ANNOTATION: "toll:1",
+                keys::ROLLOUT_IMAGE_ANNOTATION: "toll:2",
+                keys::ORIGINAL_STRATEGY_ANNOTATION: r#"{"type":"RollingUpdate"}"#
+            }),
+            "OnDelete",
+        ) else {
+            unreachable!()
+        };
+        d.metadata.uid = Some("ds-uid".into());
+        let d = Object::DaemonSet(d);
+        let pods = [
+            pod("a", "edge-1", "ds-uid", "toll:2"),
+            pod("b", "edge-2", "ds-uid", "toll:1"),
+            pod("c", "edge-3", "other-uid", "toll:1"),
+        ];
+        assert_eq!(pods_behind(&d, &pods), vec!["edge-2".to_string()]);
+        let patch = release_patch(&d, "u1", 1).unwrap();
+        assert!(patch.get("spec").is_none(), "strategy untouched: {patch}");
+        let a = &patch["metadata"]["annotations"];
+        assert!(a[keys::WORKLOAD_LOCK_ANNOTATION].is_null());
+        // Kept for the job that catches the node up, which restores them.
+        assert!(a.get(keys::ORIGINAL_STRATEGY_ANNOTATION).is_none());
+        assert!(a.get(keys::PREVIOUS_IMAGE_ANNOTATION).is_none());
+        // Caught up: the original strategy comes back.
+        let patch = release_patch(&d, "u1", 0).unwrap();
+        assert_eq!(patch["spec"]["updateStrategy"]["type"], "RollingUpdate");
+        // A Deployment never counts as behind: its template changes only after every pull.
+        let dep = deploy("api:1", json!({}));
+        assert!(pods_behind(&dep, &pods).is_empty());
     }
 }

@@ -1,0 +1,622 @@
+//! One reconcile of an active RolloutJob (`apply`): read the workloads, put them in shape,
+//! read the targets, plan (pure), record the status, act, report.
+
+use edgefleet_api::rollout::{RolloutJob, RolloutJobSpec, RolloutJobStatus, RolloutPhase};
+use edgefleet_kit::{ConditionStatus, set_condition};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::act::Actor;
+use crate::behind::{self, Behind};
+use crate::controller::{
+    Context, OPERATOR, get_workload, list_workloads, namespace_pods, patch_workload, release,
+    selector_string,
+};
+use crate::error::{Error, Result};
+use crate::plan::{self, Direction, Snapshot, Target};
+use crate::report::{events, export_metrics, export_phase, publish};
+use crate::snapshot;
+use crate::status::{
+    Decision, Situation, build_status, current_batch_planned, decide, is_terminal,
+    step_pause_active,
+};
+use crate::workload;
+
+/// One workload the job drives, resolved against the cluster.
+struct Workload {
+    obj: workload::Object,
+    container: String,
+    /// The image its targets must end on in the current direction.
+    image: String,
+}
+
+/// What the read step found that stops the job from acting, with its condition reason.
+struct Blocked {
+    phase: RolloutPhase,
+    reason: &'static str,
+    message: String,
+    requeue: Duration,
+}
+
+/// What one reconcile is about: the fresh job, its last status, which way it goes.
+struct Run<'a> {
+    job: &'a RolloutJob,
+    old: RolloutJobStatus,
+    ns: String,
+    uid: String,
+    now: Timestamp,
+    /// The first reconcile of a rollback: it starts its own batches from 1.
+    switching: bool,
+    direction: Direction,
+}
+
+/// One reconcile of an active job, as explicit steps: resolve (which workloads; may this job
+/// drive them) → prepare (put them in shape) → snapshot (read the targets) → plan (pure) →
+/// status (pure) → act (status and actions, in the order restarts need) → report.
+pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue> {
+    // The plan builds on the status this operator wrote last (current batch, batch summaries,
+    // recent failures). The watch cache can lag behind that write under load, and a plan made
+    // from a stale status would start a batch twice; a quorum read costs one GET.
+    let ns = cached.namespace().ok_or(Error::MissingField("namespace"))?;
+    let Some(fresh) = Api::<RolloutJob>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&cached.name_any())
+        .await?
+    else {
+        return Ok(Requeue::await_change());
+    };
+    let job = &fresh;
+    let old = job.status.clone().unwrap_or_default();
+    if is_terminal(old.phase) {
+        return Ok(Requeue::await_change());
+    }
+    let rolling_back = job.spec.rollback || old.phase == RolloutPhase::RollingBack;
+    let run = Run {
+        job,
+        switching: rolling_back && old.phase != RolloutPhase::RollingBack,
+        direction: if rolling_back {
+            Direction::ROLLBACK
+        } else {
+            Direction::FORWARD
+        },
+        uid: job.uid().ok_or(Error::MissingField("uid"))?,
+        ns,
+        old,
+        now: Timestamp::now(),
+    };
+
+    let mut workloads = match resolve_workloads(job, ctx, &run.ns, &run.uid, rolling_back).await? {
+        Ok(w) => w,
+        Err(b) => return blocked(ctx, &run, b).await,
+    };
+    let hand_edit = prepare(ctx, &run, &mut workloads).await?;
+    let (targets, other_direction, pods) = read_targets(ctx, &run, &workloads);
+    let step_pause = step_pause_active(job, &run.old, run.now);
+    let snap = snapshot_of(&run, targets, hand_edit.is_some() || step_pause.is_some());
+    let plan = plan::plan(&snap);
+    tracing::debug!(
+        batch = plan.current_batch,
+        targets = plan.counts.targets,
+        updated = plan.counts.updated,
+        pre_pulled = plan.counts.pre_pulled,
+        with_prepull = snap.targets.iter().filter(|t| t.prepull.is_some()).count(),
+        marked = snap
+            .targets
+            .iter()
+            .filter(|t| t.current.as_ref().is_some_and(|p| p.batch.is_some()))
+            .count(),
+        actions = plan.actions.len(),
+        "planned"
+    );
+    let decision = decide(&Situation {
+        spec: &job.spec,
+        plan: &plan,
+        rolling_back,
+        aborting: job.spec.abort,
+        hand_edit,
+        step_pause,
+    });
+    let behind: Vec<Behind> = workloads
+        .iter()
+        .map(|w| Behind {
+            workload: w.obj.label(),
+            nodes: workload::pods_behind(&w.obj, &pods),
+        })
+        .collect();
+    let status = status_of(
+        &run,
+        &plan,
+        &decision,
+        &behind,
+        &direction_image(&workloads, &job.spec),
+    );
+    act(ctx, &run, &workloads, &plan, &status, &other_direction).await?;
+    report(ctx, &run, &snap, &plan, &decision, &status).await;
+
+    let phase = decision.phase;
+    Ok(if is_terminal(phase) {
+        Requeue::await_change()
+    } else if phase == RolloutPhase::Paused {
+        Requeue::requeue(Duration::from_secs(5))
+    } else {
+        Requeue::requeue(Duration::from_secs(2))
+    })
+}
+
+/// Resolve found a reason not to act: say so (a condition, a warning event once).
+async fn blocked(ctx: &Context, run: &Run<'_>, b: Blocked) -> Result<Requeue> {
+    let (job, old, now, ns) = (run.job, &run.old, run.now, &run.ns);
+    let spec = &job.spec;
+    let mut status = old.clone();
+    status.phase = b.phase;
+    status.message = Some(b.message.clone());
+    status.observed_generation = job.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        "Progressing",
+        ConditionStatus::False,
+        b.reason,
+        &b.message,
+        job.metadata.generation,
+        now,
+    );
+    if b.phase == RolloutPhase::Failed {
+        // Ended without a plan: still say what is left behind (and held).
+        // A selector that cannot be rendered selects nothing: nothing can be behind.
+        let workloads = match selector_string(&spec.target.selector) {
+            Ok(s) => {
+                list_workloads(ctx, ns, spec.target.kind, &ListParams::default().labels(&s)).await?
+            }
+            Err(_) => Vec::new(),
+        };
+        let pods = namespace_pods(ctx, ns);
+        let behind: Vec<Behind> = workloads
+            .iter()
+            .map(|w| Behind {
+                workload: w.label(),
+                nodes: workload::pods_behind(w, &pods),
+            })
+            .collect();
+        behind::report(
+            &mut status,
+            spec.target.kind,
+            &spec.image,
+            &behind,
+            job.metadata.generation,
+            now,
+        );
+        set_condition(
+            &mut status.conditions,
+            "Failed",
+            ConditionStatus::True,
+            b.reason,
+            &b.message,
+            job.metadata.generation,
+            now,
+        );
+    }
+    if old.message.as_deref() != Some(&b.message) {
+        publish(ctx, job, EventType::Warning, b.reason, &b.message).await;
+    }
+    write_status(ctx, job, old, &status).await?;
+    export_phase(ctx, ns, &job.name_any(), b.phase);
+    Ok(Requeue::requeue(b.requeue))
+}
+
+/// Prepare: never fight a person (a hand edit pauses the job and is returned); otherwise put
+/// the workloads in the shape the job drives them in (a no-op once they are).
+async fn prepare(
+    ctx: &Context,
+    run: &Run<'_>,
+    workloads: &mut [Workload],
+) -> Result<Option<String>> {
+    let hand_edit = workloads
+        .iter()
+        .find_map(|w| workload::changed_by_hand(&w.obj, &w.container, &run.uid));
+    if hand_edit.is_none() && !run.job.spec.abort {
+        prepare_workloads(ctx, run.job, &run.ns, &run.uid, workloads).await?;
+    }
+    Ok(hand_edit)
+}
+
+/// Snapshot: the targets of every workload (from the caches), in rollout order; the job's
+/// pre-pull pods of the other direction (to delete); the namespace's pods.
+fn read_targets(
+    ctx: &Context,
+    run: &Run<'_>,
+    workloads: &[Workload],
+) -> (Vec<Target>, Vec<String>, Vec<Arc<Pod>>) {
+    let (job, direction) = (run.job, &run.direction);
+    let all_pods = namespace_pods(ctx, &run.ns);
+    let nodes: HashMap<String, Arc<Node>> = ctx
+        .nodes
+        .state()
+        .into_iter()
+        .map(|n| (n.name_any(), n))
+        .collect();
+    let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, direction);
+    let mut targets: Vec<Target> = Vec::new();
+    for w in workloads {
+        match &w.obj {
+            workload::Object::DaemonSet(ds) => targets.extend(snapshot::daemonset_targets(
+                ds,
+                &w.container,
+                &w.image,
+                direction,
+                job,
+                &all_pods,
+                &nodes,
+                &prepulls,
+            )),
+            workload::Object::StatefulSet(sts) => {
+                targets.extend(snapshot::statefulset_targets(
+                    sts,
+                    w.obj.partition(),
+                    &w.container,
+                    &w.image,
+                    direction,
+                    job,
+                    &all_pods,
+                    &nodes,
+                    &prepulls,
+                ));
+            }
+            workload::Object::Deployment(d) => targets.extend(snapshot::deployment_target(
+                d,
+                &w.container,
+                &w.image,
+                direction,
+                job,
+                &all_pods,
+                &nodes,
+                &prepulls,
+            )),
+        }
+    }
+    plan::order_targets(&mut targets);
+
+    let stale = other_direction.iter().map(|p| p.name_any()).collect();
+    (targets, stale, all_pods)
+}
+
+/// Plan input: the targets, and what the status and spec say of the batch in progress.
+fn snapshot_of<'a>(run: &Run<'a>, targets: Vec<Target>, held: bool) -> Snapshot<'a> {
+    let (spec, old, now) = (&run.job.spec, &run.old, run.now);
+    let (current_batch, current_batch_size) = if run.switching {
+        (0, 0)
+    } else {
+        plan::recover_batch(
+            &run.direction,
+            &targets,
+            old.current_batch,
+            current_batch_planned(old),
+        )
+    };
+    Snapshot {
+        spec,
+        direction: run.direction.clone(),
+        targets,
+        current_batch,
+        current_batch_size,
+        hold: spec.paused || held,
+        stop: spec.abort,
+        catch_up_open: catch_up_open(old, spec, now),
+        step_pause_pending: !old
+            .batches
+            .iter()
+            .any(|b| b.index == old.current_batch && b.finish_time.is_some()),
+        now,
+    }
+}
+
+/// Status (pure): the phase decided, counts, batches, conditions, catch-up and what is behind.
+fn status_of(
+    run: &Run<'_>,
+    plan: &plan::Plan,
+    decision: &Decision,
+    behind: &[Behind],
+    image: &str,
+) -> RolloutJobStatus {
+    let (job, now) = (run.job, run.now);
+    let spec = &job.spec;
+    let phase = decision.phase;
+    let mut base = run.old.clone();
+    if run.switching {
+        base.batches.clear();
+        base.current_batch = 0;
+    }
+    let mut status = build_status(job, &base, plan, phase, decision.pause.clone(), now);
+    if phase == RolloutPhase::Progressing && plan.catching_up > 0 && !plan.complete {
+        catching_up_message(&mut status, plan, spec, job.metadata.generation, now);
+    }
+    behind::report(
+        &mut status,
+        spec.target.kind,
+        image,
+        behind,
+        job.metadata.generation,
+        now,
+    );
+    status
+}
+
+/// Act: the status and the plan's actions, in the order restarts need. Normally the status
+/// goes first: a batch is recorded as started (with its planned size) before any target is
+/// chosen for it, so a crash in between is finished by the next plan instead of starting the
+/// batch a second time. An ending job acts first and records last: releasing the workloads is
+/// idempotent, and a terminal status is never looked at again.
+async fn act(
+    ctx: &Context,
+    run: &Run<'_>,
+    workloads: &[Workload],
+    plan: &plan::Plan,
+    status: &RolloutJobStatus,
+    other_direction: &[String],
+) -> Result<()> {
+    let (job, ns) = (run.job, &run.ns);
+    let spec = &job.spec;
+    let actor = Actor {
+        pods: Api::namespaced(ctx.client.clone(), ns),
+        kind: spec.target.kind,
+        deployments: Api::namespaced(ctx.client.clone(), ns),
+        statefulsets: Api::namespaced(ctx.client.clone(), ns),
+        containers: workloads
+            .iter()
+            .map(|w| (w.obj.name(), w.container.clone()))
+            .collect(),
+        job,
+        direction: &run.direction,
+        pull_secrets: spec.pre_pull.image_pull_secrets.clone().unwrap_or_default(),
+        metrics: &ctx.rollout,
+        field_manager: OPERATOR,
+    };
+    if is_terminal(status.phase) {
+        actor.run(plan.actions.clone()).await?;
+        release(
+            ctx,
+            ns,
+            spec.target.kind,
+            &run.uid,
+            status.phase != RolloutPhase::Aborted,
+        )
+        .await?;
+        write_status(ctx, job, &run.old, status).await?;
+    } else {
+        write_status(ctx, job, &run.old, status).await?;
+        for stale in other_direction {
+            let _ = actor.pods.delete(stale, &DeleteParams::default()).await;
+        }
+        actor.run(plan.actions.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Report: events for what changed, and the job's gauges.
+async fn report(
+    ctx: &Context,
+    run: &Run<'_>,
+    snap: &Snapshot<'_>,
+    plan: &plan::Plan,
+    decision: &Decision,
+    status: &RolloutJobStatus,
+) {
+    let job = run.job;
+    if let Some(message) = &decision.budget_exceeded
+        && run.old.phase != decision.phase
+    {
+        publish(
+            ctx,
+            job,
+            EventType::Warning,
+            "FailureBudgetExceeded",
+            message,
+        )
+        .await;
+    }
+    events(ctx, job, &run.old, status, plan).await;
+    export_metrics(
+        ctx,
+        job,
+        snap,
+        &run.old,
+        status,
+        decision.budget_exceeded.is_some(),
+    );
+}
+
+/// Finds the job's workloads and checks it may drive them; `Err(Blocked)` says why not.
+async fn resolve_workloads(
+    job: &RolloutJob,
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    rolling_back: bool,
+) -> Result<std::result::Result<Vec<Workload>, Blocked>> {
+    let spec = &job.spec;
+    let kind = spec.target.kind;
+    let selector = match selector_string(&spec.target.selector) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Err(Blocked {
+                phase: RolloutPhase::Failed,
+                reason: "InvalidSelector",
+                message: format!("spec.target.selector: {e}"),
+                requeue: Duration::from_secs(300),
+            }));
+        }
+    };
+    let list = list_workloads(ctx, ns, kind, &ListParams::default().labels(&selector)).await?;
+    if list.is_empty() {
+        return Ok(Err(Blocked {
+            phase: RolloutPhase::Pending,
+            reason: "NoTargets",
+            message: format!("no {kind:?} in namespace {ns} matches selector {selector:?}"),
+            requeue: Duration::from_secs(30),
+        }));
+    }
+    let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Vec::new();
+    for obj in list {
+        let name = obj.name();
+        let containers = obj.containers();
+        let container =
+            match snapshot::target_container(&containers, spec.target.container.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Ok(Err(Blocked {
+                        phase: RolloutPhase::Pending,
+                        reason: "InvalidTarget",
+                        message: format!("{kind:?} {name} {e}"),
+                        requeue: Duration::from_secs(60),
+                    }));
+                }
+            };
+        if let Some((holder, holder_uid)) = workload::lock_holder(&obj)
+            && holder_uid != uid
+            && let Some(other) = jobs.get_opt(&holder).await?
+            && other.uid().as_deref() == Some(holder_uid.as_str())
+            && !other.status.as_ref().is_some_and(|s| is_terminal(s.phase))
+        {
+            return Ok(Err(Blocked {
+                phase: RolloutPhase::Pending,
+                reason: "WaitingForWorkload",
+                message: format!(
+                    "{kind:?} {name} is being rolled out by RolloutJob {holder}; this job starts when it ends"
+                ),
+                requeue: Duration::from_secs(10),
+            }));
+        }
+        let image = if rolling_back {
+            match workload::previous_image(&obj) {
+                Some(i) => i,
+                None => {
+                    return Ok(Err(Blocked {
+                        phase: RolloutPhase::Failed,
+                        reason: "NoPreviousImage",
+                        message: format!(
+                            "{kind:?} {name} has no recorded previous image to roll back to"
+                        ),
+                        requeue: Duration::from_secs(300),
+                    }));
+                }
+            }
+        } else {
+            spec.image.clone()
+        };
+        out.push(Workload {
+            obj,
+            container,
+            image,
+        });
+    }
+    Ok(Ok(out))
+}
+
+async fn prepare_workloads(
+    ctx: &Context,
+    job: &RolloutJob,
+    ns: &str,
+    uid: &str,
+    workloads: &mut [Workload],
+) -> Result<()> {
+    for w in workloads {
+        // The lock is taken on the version read (409 when it changed): on a conflict, read
+        // it again and decide again — held by another job now, or merely updated (status).
+        let mut attempts = 0;
+        while let Some(patch) =
+            workload::prepare_patch(&w.obj, &job.name_any(), uid, &w.container, &w.image)
+        {
+            match patch_workload(ctx, ns, &w.obj, &patch).await {
+                Ok(stored) => {
+                    // The plan reads the workload as it is now (a StatefulSet's partition).
+                    w.obj = stored;
+                    break;
+                }
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempts < 3 => {
+                    attempts += 1;
+                    w.obj = get_workload(ctx, ns, &w.obj).await?;
+                    if let Some((holder, holder_uid)) = workload::lock_holder(&w.obj)
+                        && holder_uid != uid
+                    {
+                        return Err(Error::LockTaken {
+                            workload: w.obj.label(),
+                            holder,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Within `spec.catchUp.windowSeconds` of the current batch's finish (or that batch still
+/// running): offline targets are caught up when their node returns.
+fn catch_up_open(old: &RolloutJobStatus, spec: &RolloutJobSpec, now: Timestamp) -> bool {
+    let finished = old
+        .batches
+        .iter()
+        .find(|b| b.index == old.current_batch)
+        .and_then(|b| b.finish_time.as_ref());
+    finished.is_none_or(|f| f.0 + SignedDuration::from_secs(spec.catch_up.window_seconds) > now)
+}
+
+/// Every batch is done but offline targets are waited for: say until when, and why.
+fn catching_up_message(
+    status: &mut RolloutJobStatus,
+    plan: &plan::Plan,
+    spec: &RolloutJobSpec,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    if !plan.all_terminal {
+        return;
+    }
+    let message = format!(
+        "every batch done; catching up {} targets whose node is offline: each is pre-pulled then swapped when its node returns, for up to spec.catchUp.windowSeconds ({}s) after the last batch",
+        plan.catching_up, spec.catch_up.window_seconds
+    );
+    status.message = Some(message.clone());
+    set_condition(
+        &mut status.conditions,
+        "Progressing",
+        ConditionStatus::True,
+        "CatchingUp",
+        &message,
+        generation,
+        now,
+    );
+}
+
+/// The image the job drives its workloads to now (each one's previous image, rolling back).
+fn direction_image(
+    workloads: &[Workload],
+    spec: &edgefleet_api::rollout::RolloutJobSpec,
+) -> String {
+    workloads
+        .first()
+        .map_or_else(|| spec.image.clone(), |w| w.image.clone())
+}
+
+/// Applies the status (server-side, this operator's field manager) unless nothing changed.
+async fn write_status(
+    ctx: &Context,
+    job: &RolloutJob,
+    old: &RolloutJobStatus,
+    status: &RolloutJobStatus,
+) -> Result<()> {
+    if status == old {
+        return Ok(());
+    }
+    let api: Api<RolloutJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    edgefleet_kit::apply_status(&api, &job.name_any(), status, OPERATOR).await?;
+    Ok(())
+}
