@@ -14,6 +14,7 @@ mod observability;
 mod plugin;
 mod rollout;
 mod rollout_defects;
+mod rollout_kill;
 mod rollout_workloads;
 mod samples;
 mod testbed;
