@@ -15,6 +15,7 @@ mod plugin;
 mod rollout;
 mod rollout_defects;
 mod rollout_end;
+mod rollout_kill;
 mod rollout_workloads;
 mod samples;
 mod testbed;

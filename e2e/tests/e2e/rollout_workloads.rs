@@ -2,9 +2,9 @@
 //! (kwok simulates the pulls, as in [`crate::rollout`]).
 
 use crate::rollout::{
-    Bed, NEW, OLD, STATION, bed, create_job, deletions, image_of,
-    kill_leaders_as_the_job_progresses, pulls, wait_phase,
+    Bed, NEW, OLD, STATION, bed, create_job, deletions, image_of, pulls, wait_phase,
 };
+use crate::rollout_kill::kill_leaders_as_the_job_progresses;
 use edgefleet_api::rollout::{RolloutPhase, keys};
 use edgefleet_e2e::operator::Operator;
 use edgefleet_e2e::podlog::Seen;
