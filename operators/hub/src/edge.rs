@@ -6,29 +6,20 @@
 //! for its own objects.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgefleet_channel::envelope::{EnvelopeError, SOURCE_CLOUD};
 use edgefleet_channel::{Message, Operation, Resource, ResourceType};
-use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{ResourceExt, discovery::ApiResource};
 use serde_json::{Value, json};
 
-use crate::deliver::{FIELD_MANAGER, api_resource};
 use crate::hub::{Hub, Session};
+use crate::wire::{FIELD_MANAGER, api_resource};
 
-/// Label every edge node carries.
-pub const EDGE_ROLE_LABEL: &str = "node-role.kubernetes.io/edge";
-/// Namespace of node Leases.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
-/// Lease duration written for edge nodes (kubelet's default).
-pub const NODE_LEASE_SECONDS: i32 = 40;
+pub use edgefleet_api::objectsync::EDGE_ROLE_LABEL;
 /// Edge → cloud requests one session may have in progress; more are refused with "busy".
 pub const MAX_EDGE_REQUESTS: usize = 8;
 
@@ -135,11 +126,8 @@ pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Mess
         Incoming::NodeStatus => {
             let r = node_status(hub, &session.node, &msg.content).await;
             if r.is_ok() {
+                // The lease renewer renews it within a tick, a never-renewed node first.
                 session.heartbeat.store(true, Ordering::Relaxed);
-                // Renew at once so a node becomes healthy without waiting a renew interval.
-                if let Err(e) = renew_lease(hub, &session.node).await {
-                    tracing::warn!(node = %session.node, error = %e, "lease renewal");
-                }
             }
             ("nodestatus", r)
         }
@@ -286,77 +274,6 @@ async fn node_status(hub: &Hub, node: &str, content: &Value) -> Result<(), Strin
         .await
         .map(|_| ())
         .map_err(|e| api_err("patch node status", e))
-}
-
-/// Renews (or creates) the node's Lease in kube-node-lease, as a kubelet would.
-pub async fn renew_lease(hub: &Hub, node: &str) -> Result<(), kube::Error> {
-    let api: Api<Lease> = Api::namespaced(hub.client.clone(), NODE_LEASE_NAMESPACE);
-    let now = MicroTime(jiff::Timestamp::now());
-    match api.get_opt(node).await? {
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now);
-            spec.holder_identity = Some(node.into());
-            spec.lease_duration_seconds = Some(NODE_LEASE_SECONDS);
-            api.replace(node, &PostParams::default(), &lease).await?;
-        }
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(node.into()),
-                    namespace: Some(NODE_LEASE_NAMESPACE.into()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(node.into()),
-                    lease_duration_seconds: Some(NODE_LEASE_SECONDS),
-                    renew_time: Some(now.clone()),
-                    acquire_time: Some(now),
-                    ..Default::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every `interval`, renews the Leases of the heartbeating nodes whose sessions live here. A
-/// node whose session is gone is not renewed: the node-lifecycle controller marks it NotReady.
-pub async fn run_lease_renewer(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(hub.config.lease_renew_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = hub.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let nodes: Vec<String> = hub
-            .registry
-            .all()
-            .into_iter()
-            .filter(|s| s.heartbeat.load(Ordering::Relaxed))
-            .map(|s| s.node.clone())
-            .collect();
-        futures::stream::iter(nodes)
-            .for_each_concurrent(16, |node| {
-                let hub = hub.clone();
-                async move {
-                    if let Err(e) = renew_lease(&hub, &node).await {
-                        hub.metrics
-                            .api_errors
-                            .with_label_values(&["renew_lease"])
-                            .inc();
-                        tracing::warn!(%node, error = %e, "lease renewal");
-                    }
-                }
-            })
-            .await;
-    }
 }
 
 /// Merges reported twin values into a Device's `status.twins` by property name (pure): only

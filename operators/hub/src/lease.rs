@@ -1,0 +1,207 @@
+//! Node Leases of the connected, heartbeating nodes, renewed as a kubelet would.
+//!
+//! One write per renewal (a merge patch of `spec`, a create only when the Lease is missing),
+//! never a read. Every tick the renewer takes the nodes whose renewal is due, least recently
+//! renewed first (a node never renewed by this replica first of all: its Lease is the one
+//! closest to expiry), up to the free slots of its own concurrency budget: other API work of
+//! the hub (status writes, edge requests) cannot take those slots. Renewals spread over the
+//! interval by themselves: a node is due again one interval after its last renewal finished.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::hub::{Hub, Session};
+use crate::lock;
+use crate::wire::FIELD_MANAGER;
+
+/// Namespace of node Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease duration written for edge nodes (kubelet's default).
+pub const NODE_LEASE_SECONDS: i32 = 40;
+/// Renewals in flight at most: the renewer's own budget.
+pub const RENEWALS_IN_FLIGHT: usize = 32;
+/// A renewal that has not finished by then failed (the next tick tries again).
+pub const RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the renewer looks for due nodes.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A session's Lease bookkeeping.
+#[derive(Debug, Default)]
+pub struct LeaseState {
+    /// When this replica last renewed the node's Lease (start of the successful write).
+    pub renewed: Option<Instant>,
+    pub in_flight: bool,
+}
+
+/// The nodes to renew now, most urgent first, at most `slots` (pure). `nodes` are (index,
+/// last renewal, in flight).
+pub fn due(
+    nodes: &[(usize, Option<Instant>, bool)],
+    now: Instant,
+    interval: Duration,
+    slots: usize,
+) -> Vec<usize> {
+    let mut due: Vec<(Option<Instant>, usize)> = nodes
+        .iter()
+        .filter(|(_, last, in_flight)| {
+            !*in_flight && last.is_none_or(|t| now.saturating_duration_since(t) >= interval)
+        })
+        .map(|(i, last, _)| (*last, *i))
+        .collect();
+    // `None` (never renewed here) sorts first, then the oldest renewal.
+    due.sort();
+    due.into_iter().take(slots).map(|(_, i)| i).collect()
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Renews (or creates) the node's Lease in kube-node-lease: one write.
+pub async fn renew(hub: &Hub, node: &str) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(hub.client.clone(), NODE_LEASE_NAMESPACE);
+    let now = MicroTime(jiff::Timestamp::now());
+    let patch = json!({"spec": {
+        "holderIdentity": node,
+        "leaseDurationSeconds": NODE_LEASE_SECONDS,
+        "renewTime": now,
+    }});
+    match api.patch(node, &params(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some(NODE_LEASE_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(NODE_LEASE_SECONDS),
+                    renew_time: Some(now.clone()),
+                    acquire_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn renew_one(
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(RENEWAL_TIMEOUT, renew(&hub, &session.node)).await;
+    let ok = matches!(result, Ok(Ok(())));
+    {
+        let mut state = lock(&session.lease);
+        state.in_flight = false;
+        if ok {
+            state.renewed = Some(started);
+        }
+    }
+    drop(permit);
+    let label = if ok { "ok" } else { "failed" };
+    hub.metrics.lease_renewals.with_label_values(&[label]).inc();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            hub.metrics
+                .api_errors
+                .with_label_values(&["renew_lease"])
+                .inc();
+            tracing::warn!(node = %session.node, error = %e, "lease renewal");
+        }
+        Err(_) => {
+            hub.metrics
+                .api_errors
+                .with_label_values(&["renew_lease"])
+                .inc();
+            tracing::warn!(node = %session.node, "lease renewal timed out");
+        }
+    }
+}
+
+/// Renews the Leases of the heartbeating nodes whose sessions live here, until shutdown. A node
+/// whose session is gone is not renewed: the node-lifecycle controller marks it NotReady.
+pub async fn run(hub: Arc<Hub>) {
+    let budget = Arc::new(Semaphore::new(RENEWALS_IN_FLIGHT));
+    let interval = hub.config.lease_renew_interval;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let slots = budget.available_permits();
+        if slots == 0 {
+            continue;
+        }
+        let sessions: Vec<Arc<Session>> = hub
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.heartbeat.load(Ordering::Relaxed))
+            .collect();
+        let states: Vec<(usize, Option<Instant>, bool)> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let st = lock(&s.lease);
+                (i, st.renewed, st.in_flight)
+            })
+            .collect();
+        for i in due(&states, Instant::now(), interval, slots) {
+            let Some(session) = sessions.get(i) else {
+                continue;
+            };
+            let Ok(permit) = budget.clone().try_acquire_owned() else {
+                break;
+            };
+            lock(&session.lease).in_flight = true;
+            tokio::spawn(renew_one(hub.clone(), session.clone(), permit));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_never_renewed_then_the_oldest_go_first_within_the_budget() {
+        let now = Instant::now();
+        let ago = |s: u64| Some(now - Duration::from_secs(s));
+        let interval = Duration::from_secs(10);
+        let nodes = [
+            (0, ago(12), false),
+            (1, ago(3), false),  // not due
+            (2, None, false),    // never renewed here
+            (3, ago(30), false), // the most overdue
+            (4, None, true),     // in flight
+            (5, ago(10), false), // just due
+        ];
+        assert_eq!(due(&nodes, now, interval, 10), vec![2, 3, 0, 5]);
+        assert_eq!(due(&nodes, now, interval, 2), vec![2, 3]);
+        assert!(due(&nodes, now, interval, 0).is_empty());
+    }
+}
