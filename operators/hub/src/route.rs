@@ -218,6 +218,10 @@ pub async fn wait_ready(hub: &Hub, timeout: Duration) -> bool {
 mod tests {
     use super::*;
     use crate::wire::{api_resource, grows};
+
+    fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+    }
     use edgefleet_api::objectsync::{ObjectSyncSpec, ObjectSyncStatus};
 
     const UID: &str = "6f1c3a52-8d0e-4c55-9a3e-1b2c3d4e5f60";
