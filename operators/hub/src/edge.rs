@@ -17,6 +17,7 @@ use kube::{ResourceExt, discovery::ApiResource};
 use serde_json::{Value, json};
 
 use crate::hub::{Hub, Session};
+use crate::route;
 use crate::wire::{FIELD_MANAGER, api_resource};
 
 pub use edgefleet_api::objectsync::EDGE_ROLE_LABEL;
@@ -136,7 +137,7 @@ pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Mess
             relay_twin(hub, &session.node, &namespace, &device, &msg.content).await,
         ),
         Incoming::Query(resource) => {
-            let reply = query(hub, &session.node, &resource, msg);
+            let reply = query(hub, &session.node, &resource, msg).await;
             let result = if reply.route.operation == Operation::Error.as_str() {
                 "refused"
             } else {
@@ -355,18 +356,26 @@ async fn relay_twin(
 }
 
 /// Answers a query for one object, only if the node has a sync for it (a node reads only its own
-/// objects).
-fn query(hub: &Hub, node: &str, resource: &Resource, msg: &Message) -> Message {
-    let Some(obj) = hub
+/// objects). An object the cache does not hold (a Secret) is read from the API.
+async fn query(hub: &Hub, node: &str, resource: &Resource, msg: &Message) -> Message {
+    let not_found = || refuse(msg, &format!("not found: {resource}"));
+    let cached = hub
         .caches
-        .object(resource.type_, &resource.namespace, &resource.name)
-    else {
-        return refuse(msg, &format!("not found: {resource}"));
+        .object(resource.type_, &resource.namespace, &resource.name);
+    let obj = match cached {
+        Some(o) => o,
+        None => match route::get_object(hub, resource.type_, &resource.namespace, &resource.name)
+            .await
+        {
+            Ok(Some(o)) => o,
+            Ok(None) => return not_found(),
+            Err(e) => return refuse(msg, &api_err("read", e)),
+        },
     };
     let uid = obj.uid().unwrap_or_default();
     if !hub.caches.node_has(node, &uid) {
         // Same answer as for a missing object: do not reveal what exists.
-        return refuse(msg, &format!("not found: {resource}"));
+        return not_found();
     }
     let rv = obj.resource_version().unwrap_or_default();
     msg.ack(SOURCE_CLOUD, &rv)

@@ -3,6 +3,7 @@
 //! its session, if this replica holds it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgefleet_api::objectsync::{FINALIZER, ObjectSync, compare_resource_versions, object_uid_of};
@@ -13,11 +14,11 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
-use crate::cache::{Writers, keys};
+use crate::cache::{Writers, cacheable, keys};
 use crate::hub::{Hub, Session};
 use crate::lock;
 use crate::queue::Op;
-use crate::wire::{Body, Delivery, acked_rv};
+use crate::wire::{Body, DELIVERED, Delivery, acked_rv, api_resource};
 
 /// What a sync needs sent now, given the live object (pure).
 pub fn plan(sync: &ObjectSync, live: Option<&Arc<DynamicObject>>) -> Option<(Op, String, Body)> {
@@ -52,8 +53,33 @@ pub fn plan(sync: &ObjectSync, live: Option<&Arc<DynamicObject>>) -> Option<(Op,
 }
 
 /// Compares one sync with its live object and queues what the node lacks, if this replica
-/// holds the node's session.
+/// holds the node's session. An object the cache does not hold (a Secret, or one seen before
+/// its first sync) is fetched; the fetcher comes back here with it.
 pub fn evaluate(hub: &Hub, sync: &ObjectSync, session: Option<&Session>) {
+    let Some(t) = ResourceType::of_kind(&sync.spec.object_kind) else {
+        return;
+    };
+    let ns = sync.namespace().unwrap_or_default();
+    let live = hub.caches.object(t, &ns, &sync.spec.object_name);
+    if live.is_none() && sync.metadata.deletion_timestamp.is_none() {
+        let held = session.is_some() || sync.node_name().is_some_and(|n| hub.registry.contains(n));
+        if held {
+            hub.caches
+                .fetch
+                .request((t, ns, sync.spec.object_name.clone()));
+        }
+        return;
+    }
+    evaluate_with(hub, sync, session, live.as_ref());
+}
+
+/// [`evaluate`] against a given live object.
+fn evaluate_with(
+    hub: &Hub,
+    sync: &ObjectSync,
+    session: Option<&Session>,
+    live: Option<&Arc<DynamicObject>>,
+) {
     let Some(node) = sync.node_name() else { return };
     let held;
     let session = match session {
@@ -70,8 +96,7 @@ pub fn evaluate(hub: &Hub, sync: &ObjectSync, session: Option<&Session>) {
         return;
     };
     let ns = sync.namespace().unwrap_or_default();
-    let live = hub.caches.object(t, &ns, &sync.spec.object_name);
-    let Some((op, rv, body)) = plan(sync, live.as_ref()) else {
+    let Some((op, rv, body)) = plan(sync, live) else {
         return;
     };
     let Some(uid) = sync.metadata.name.as_deref().and_then(object_uid_of) else {
@@ -109,32 +134,99 @@ fn on_sync(hub: &Hub, sync: &ObjectSync, deleted: bool) {
             index.triggers(sync, &ns, &name)
         }
     };
+    if deleted {
+        hub.caches.sync_gone(sync, uid);
+    }
     if changed {
         evaluate(hub, sync, None);
     }
 }
 
-fn on_object(hub: &Hub, obj: &DynamicObject) {
+/// A live object: queue it for every connected node with a sync for it.
+fn on_object(hub: &Hub, obj: &Arc<DynamicObject>) {
     let Some(uid) = obj.uid() else { return };
+    let ns = obj.namespace().unwrap_or_default();
     for node in hub.caches.nodes_of(&uid) {
-        if hub.registry.get(&node).is_none() {
+        if !hub.registry.contains(&node) {
             continue;
         }
-        let ns = obj.namespace().unwrap_or_default();
         if let Some(sync) = hub
             .caches
             .sync(&ns, &edgefleet_api::objectsync::sync_name(&node, &uid))
         {
-            evaluate(hub, &sync, None);
+            evaluate_with(hub, &sync, None, Some(obj));
         }
     }
 }
+
 fn strip_managed_fields<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// Runs the reflectors until `hub.shutdown`: ObjectSyncs and every delivered kind, in
-/// `namespace` or cluster-wide.
+fn objects_api(
+    client: &kube::Client,
+    t: ResourceType,
+    namespace: Option<&str>,
+) -> Option<Api<DynamicObject>> {
+    let ar = api_resource(t)?;
+    Some(match namespace {
+        Some(ns) if !ns.is_empty() => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    })
+}
+
+/// Reads one object from the API (managedFields stripped).
+pub async fn get_object(
+    hub: &Hub,
+    t: ResourceType,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<DynamicObject>>, kube::Error> {
+    let Some(api) = objects_api(&hub.client, t, Some(ns)) else {
+        return Ok(None);
+    };
+    Ok(api.get_opt(name).await?.map(|mut o| {
+        strip_managed_fields(&mut o);
+        Arc::new(o)
+    }))
+}
+
+/// Objects read in parallel by the fetcher.
+const FETCHES_IN_FLIGHT: usize = 16;
+
+/// Reads what [`evaluate`] asked for and queues it; a Secret is queued, never cached.
+async fn run_fetcher(hub: Arc<Hub>) {
+    let h = hub.clone();
+    futures::stream::unfold(h, |h| async move {
+        let key = h.caches.fetch.next().await;
+        Some((key, h))
+    })
+    .for_each_concurrent(FETCHES_IN_FLIGHT, |(t, ns, name)| {
+        let hub = hub.clone();
+        async move {
+            match get_object(&hub, t, &ns, &name).await {
+                Ok(Some(obj)) => {
+                    if hub.caches.observe(t, &obj) || !cacheable(t) {
+                        on_object(&hub, &obj);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    hub.metrics
+                        .api_errors
+                        .with_label_values(&["fetch_object"])
+                        .inc();
+                    tracing::warn!(kind = %t, namespace = %ns, %name, error = %e, "object fetch");
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs the watchers until `hub.shutdown`: the ObjectSync reflector, and a watcher per delivered
+/// kind but Secrets whose events are held only when a sync names the object (dropped
+/// otherwise), in `namespace` or cluster-wide; plus the fetcher.
 pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<String>) {
     let client = hub.client.clone();
     let sync_api: Api<ObjectSync> = match &namespace {
@@ -166,35 +258,45 @@ pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<Str
         }
         futures::future::ready(())
     });
-    let mut tasks = vec![tokio::spawn(syncs)];
-    for (t, ar, writer) in writers.objects {
-        let api: Api<DynamicObject> = match &namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
+    let mut tasks = vec![tokio::spawn(syncs), tokio::spawn(run_fetcher(hub.clone()))];
+    for t in DELIVERED.into_iter().filter(|t| cacheable(*t)) {
+        let Some(api) = objects_api(&client, t, namespace.as_deref()) else {
+            continue;
         };
         let h = hub.clone();
-        let objects = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default())
-                .default_backoff()
-                .modify(strip_managed_fields),
-        )
-        .for_each(move |ev| {
-            match ev {
-                Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
-                    on_object(&h, &o)
+        let mut first_list = true;
+        let objects = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(strip_managed_fields)
+            .for_each(move |ev| {
+                match ev {
+                    Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                        let o = Arc::new(o);
+                        if h.caches.observe(t, &o) {
+                            on_object(&h, &o);
+                        }
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        h.caches
+                            .forget(t, &o.namespace().unwrap_or_default(), &o.name_any());
+                    }
+                    Ok(watcher::Event::Init) => h.caches.listing_started(t),
+                    Ok(watcher::Event::InitDone) => {
+                        h.caches.listing_done(t);
+                        if std::mem::take(&mut first_list) {
+                            h.caches.listed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        h.metrics
+                            .api_errors
+                            .with_label_values(&["watch_objects"])
+                            .inc();
+                        tracing::warn!(kind = %t, error = %e, "object watch");
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    h.metrics
-                        .api_errors
-                        .with_label_values(&["watch_objects"])
-                        .inc();
-                    tracing::warn!(kind = %t, error = %e, "object watch");
-                }
-            }
-            futures::future::ready(())
-        });
+                futures::future::ready(())
+            });
         tasks.push(tokio::spawn(objects));
     }
     hub.shutdown.cancelled().await;
@@ -203,12 +305,13 @@ pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<Str
     }
 }
 
-/// Waits until every store has listed once (bounded).
+/// Waits until the ObjectSyncs and every watched kind have listed once (bounded).
 pub async fn wait_ready(hub: &Hub, timeout: Duration) -> bool {
+    let kinds = DELIVERED.iter().filter(|t| cacheable(**t)).count();
     let all = async {
         let _ = hub.caches.syncs.wait_until_ready().await;
-        for store in hub.caches.object_stores() {
-            let _ = store.wait_until_ready().await;
+        while hub.caches.listed.load(Ordering::Relaxed) < kinds {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     tokio::time::timeout(timeout, all).await.is_ok()
@@ -217,7 +320,7 @@ pub async fn wait_ready(hub: &Hub, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{api_resource, grows};
+    use crate::wire::grows;
 
     fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
