@@ -106,7 +106,7 @@ impl Edge {
         TlsConnector::from(Arc::new(config))
     }
 
-    async fn tls_stream(&self, id: Option<&Identity>) -> Result<TlsStream<TcpStream>> {
+    pub(crate) async fn tls_stream(&self, id: Option<&Identity>) -> Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr).await?;
         let name = rustls::pki_types::ServerName::try_from("localhost")?;
         Ok(self.tls(id).connect(name, tcp).await?)

@@ -6,6 +6,7 @@
 //! for its own objects.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use kube::{ResourceExt, discovery::ApiResource};
 use serde_json::{Value, json};
 
 use crate::hub::{Hub, Session};
-use crate::route;
 use crate::wire::{FIELD_MANAGER, api_resource};
+use crate::{lease, route};
 
 pub use edgefleet_api::objectsync::EDGE_ROLE_LABEL;
 /// Edge → cloud requests one session may have in progress; more are refused with "busy".
@@ -118,7 +119,12 @@ fn refuse(msg: &Message, reason: &str) -> Message {
 }
 
 /// Handles one allowed request of `session`'s node; returns the reply to send.
-pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Message) -> Message {
+pub async fn handle(
+    hub: &Arc<Hub>,
+    session: &Arc<Session>,
+    incoming: Incoming,
+    msg: &Message,
+) -> Message {
     let (kind, result) = match incoming {
         Incoming::RegisterNode => (
             "register",
@@ -127,8 +133,9 @@ pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Mess
         Incoming::NodeStatus => {
             let r = node_status(hub, &session.node, &msg.content).await;
             if r.is_ok() {
-                // The lease renewer renews it within a tick, a never-renewed node first.
                 session.heartbeat.store(true, Ordering::Relaxed);
+                // The first report renews at once; the renewer keeps it renewed.
+                lease::renew_first(hub, session).await;
             }
             ("nodestatus", r)
         }

@@ -31,6 +31,8 @@ pub const RENEWALS_IN_FLIGHT: usize = 32;
 pub const RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the renewer looks for due nodes.
 const TICK: Duration = Duration::from_millis(100);
+/// A failed renewal is retried after this.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A session's Lease bookkeeping.
 #[derive(Debug, Default)]
@@ -38,10 +40,14 @@ pub struct LeaseState {
     /// When this replica last renewed the node's Lease (start of the successful write).
     pub renewed: Option<Instant>,
     pub in_flight: bool,
+    /// After a failed renewal: not before then (a failing API is not hammered).
+    pub retry_at: Option<Instant>,
+    /// Renewals failed in a row (the first is logged, the rest counted).
+    pub failures: u32,
 }
 
 /// The nodes to renew now, most urgent first, at most `slots` (pure). `nodes` are (index,
-/// last renewal, in flight).
+/// last renewal, busy: in flight or waiting to retry).
 pub fn due(
     nodes: &[(usize, Option<Instant>, bool)],
     now: Instant,
@@ -103,40 +109,60 @@ pub async fn renew(hub: &Hub, node: &str) -> Result<(), kube::Error> {
     }
 }
 
+/// A node's first status report on this replica: its Lease is renewed at once, so the node is
+/// healthy without waiting a tick (the renewer's bookkeeping is shared, so it is not renewed
+/// twice). Later reports leave it to the renewer.
+pub async fn renew_first(hub: &Arc<Hub>, session: &Arc<Session>) {
+    {
+        let mut state = lock(&session.lease);
+        if state.renewed.is_some() || state.in_flight {
+            return;
+        }
+        state.in_flight = true;
+    }
+    renew_one(hub.clone(), session.clone(), None).await;
+}
+
 async fn renew_one(
     hub: Arc<Hub>,
     session: Arc<Session>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let started = Instant::now();
     let result = tokio::time::timeout(RENEWAL_TIMEOUT, renew(&hub, &session.node)).await;
     let ok = matches!(result, Ok(Ok(())));
-    {
+    let first_failure = {
         let mut state = lock(&session.lease);
         state.in_flight = false;
         if ok {
             state.renewed = Some(started);
+            state.retry_at = None;
+            state.failures = 0;
+            false
+        } else {
+            state.retry_at = Some(Instant::now() + RETRY_AFTER);
+            state.failures += 1;
+            state.failures == 1
         }
-    }
+    };
     drop(permit);
     let label = if ok { "ok" } else { "failed" };
     hub.metrics.lease_renewals.with_label_values(&[label]).inc();
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            hub.metrics
-                .api_errors
-                .with_label_values(&["renew_lease"])
-                .inc();
-            tracing::warn!(node = %session.node, error = %e, "lease renewal");
-        }
-        Err(_) => {
-            hub.metrics
-                .api_errors
-                .with_label_values(&["renew_lease"])
-                .inc();
-            tracing::warn!(node = %session.node, "lease renewal timed out");
-        }
+    if ok {
+        return;
+    }
+    hub.metrics
+        .api_errors
+        .with_label_values(&["renew_lease"])
+        .inc();
+    let error = match result {
+        Ok(Err(e)) => e.to_string(),
+        _ => format!("no answer within {RENEWAL_TIMEOUT:?}"),
+    };
+    if first_failure {
+        tracing::warn!(node = %session.node, %error, "lease renewal failed; retrying every second");
+    } else {
+        tracing::debug!(node = %session.node, %error, "lease renewal failed again");
     }
 }
 
@@ -162,15 +188,17 @@ pub async fn run(hub: Arc<Hub>) {
             .into_iter()
             .filter(|s| s.heartbeat.load(Ordering::Relaxed))
             .collect();
+        let now = Instant::now();
         let states: Vec<(usize, Option<Instant>, bool)> = sessions
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let st = lock(&s.lease);
-                (i, st.renewed, st.in_flight)
+                let waiting = st.retry_at.is_some_and(|t| now < t);
+                (i, st.renewed, st.in_flight || waiting)
             })
             .collect();
-        for i in due(&states, Instant::now(), interval, slots) {
+        for i in due(&states, now, interval, slots) {
             let Some(session) = sessions.get(i) else {
                 continue;
             };
@@ -178,7 +206,7 @@ pub async fn run(hub: Arc<Hub>) {
                 break;
             };
             lock(&session.lease).in_flight = true;
-            tokio::spawn(renew_one(hub.clone(), session.clone(), permit));
+            tokio::spawn(renew_one(hub.clone(), session.clone(), Some(permit)));
         }
     }
 }
