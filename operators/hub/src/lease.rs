@@ -44,7 +44,17 @@ pub struct LeaseState {
     pub retry_at: Option<Instant>,
     /// Renewals failed in a row (the first is logged, the rest counted).
     pub failures: u32,
+    /// The first successful renewal of this session.
+    pub first: Option<Instant>,
+    /// Ready re-asserted once a grace period into the session (see [`READY_CONFIRM_AFTER`]).
+    pub ready_confirmed: bool,
 }
+
+/// A node whose Lease lapsed before its session came back (a reconnect storm) may be marked
+/// NotReady by the node-lifecycle controller after the hub set it Ready; the controller never
+/// sets it back, and the agent's next status report can be minutes away. So once per session,
+/// this long after its first renewal, the hub sets Ready again.
+pub const READY_CONFIRM_AFTER: Duration = Duration::from_secs(60);
 
 /// The nodes to renew now, most urgent first, at most `slots` (pure). `nodes` are (index,
 /// last renewal, busy: in flight or waiting to retry).
@@ -131,6 +141,7 @@ async fn renew_one(
     let started = Instant::now();
     let result = tokio::time::timeout(RENEWAL_TIMEOUT, renew(&hub, &session.node)).await;
     let ok = matches!(result, Ok(Ok(())));
+    let mut confirm = false;
     let first_failure = {
         let mut state = lock(&session.lease);
         state.in_flight = false;
@@ -138,6 +149,11 @@ async fn renew_one(
             state.renewed = Some(started);
             state.retry_at = None;
             state.failures = 0;
+            let first = *state.first.get_or_insert(started);
+            if !state.ready_confirmed && started.duration_since(first) >= READY_CONFIRM_AFTER {
+                state.ready_confirmed = true;
+                confirm = true;
+            }
             false
         } else {
             state.retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -149,6 +165,13 @@ async fn renew_one(
     let label = if ok { "ok" } else { "failed" };
     hub.metrics.lease_renewals.with_label_values(&[label]).inc();
     if ok {
+        if confirm && let Err(e) = confirm_ready(&hub, &session.node).await {
+            hub.metrics
+                .api_errors
+                .with_label_values(&["confirm_ready"])
+                .inc();
+            tracing::warn!(node = %session.node, error = %e, "re-asserting Ready");
+        }
         return;
     }
     hub.metrics
@@ -164,6 +187,26 @@ async fn renew_one(
     } else {
         tracing::debug!(node = %session.node, %error, "lease renewal failed again");
     }
+}
+
+/// Sets the node's Ready condition (the session lives) with a fresh heartbeat.
+async fn confirm_ready(hub: &Hub, node: &str) -> Result<(), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(hub.client.clone());
+    let now = jiff::Timestamp::now().to_string();
+    let patch = json!({"status": {"conditions": [{
+        "type": "Ready",
+        "status": "True",
+        "reason": "EdgeSessionReady",
+        "message": "edge node connected to the hub",
+        "lastHeartbeatTime": now,
+    }]}});
+    tokio::time::timeout(
+        RENEWAL_TIMEOUT,
+        api.patch_status(node, &params(), &Patch::Strategic(patch)),
+    )
+    .await
+    .map_err(|_| kube::Error::Service("no answer".into()))?
+    .map(|_| ())
 }
 
 /// Renews the Leases of the heartbeating nodes whose sessions live here, until shutdown. A node

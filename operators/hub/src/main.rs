@@ -164,14 +164,17 @@ async fn main() -> anyhow::Result<()> {
     let leases = tokio::spawn(lease::run(hub.clone()));
     let reports = tokio::spawn(report::run(hub.clone()));
 
-    if !route::wait_ready(&hub, Duration::from_secs(60)).await {
-        tracing::warn!("caches not synced after 60 s; serving anyway");
-    }
+    // Sessions are taken at once, before the caches are synced: a reconnecting node gets its
+    // Lease renewed without waiting for the lists, and its syncs are evaluated as the
+    // ObjectSync list streams in (objects not yet held are fetched).
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "edge listener up");
     let serving = tokio::spawn(server::serve(listener, tls, hub.clone()));
+    if !route::wait_ready(&hub, Duration::from_secs(60)).await {
+        tracing::warn!("caches not synced after 60 s; ready anyway");
+    }
     readiness.set_ready(true);
 
     shutdown.cancelled().await;
