@@ -246,7 +246,14 @@ pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<Str
                 on_sync(&h, &s, false)
             }
             Ok(watcher::Event::Delete(s)) => on_sync(&h, &s, true),
-            Ok(watcher::Event::InitDone) => h.caches.rebuild_index(),
+            Ok(watcher::Event::InitDone) => {
+                h.caches.rebuild_index();
+                // The store swaps the list in only now: a session taken during the list (or a
+                // fetch that came back then) could not look its syncs up. Compare them all.
+                for session in h.registry.all() {
+                    session_started(&h, &session);
+                }
+            }
             Ok(watcher::Event::Init) => {}
             Err(e) => {
                 h.metrics
