@@ -401,10 +401,20 @@ async fn channel_chaos_converges_with_nothing_lost_or_older() {
         let violations = violations.clone();
         tokio::spawn(async move {
             let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+            // A watch error (the API server busy, a connection dropped) is not the end: the
+            // watcher re-lists and goes on after its back-off; only the end of the stream is.
             let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
                 .applied_objects()
                 .boxed();
-            while let Some(Ok(sync)) = events.next().await {
+            while let Some(event) = events.next().await {
+                let sync = match event {
+                    Ok(sync) => sync,
+                    Err(e) => {
+                        eprintln!("acked-version watch: {e}; restarting");
+                        continue;
+                    }
+                };
                 let acked = sync
                     .status
                     .as_ref()
@@ -544,6 +554,10 @@ async fn channel_chaos_converges_with_nothing_lost_or_older() {
     .await
     .unwrap();
 
+    assert!(
+        !acked_watch.is_finished(),
+        "the acked-version watcher stopped watching before the end"
+    );
     acked_watch.abort();
     // The store watcher stops once it holds the last reference (and then kills the simulator).
     drop(sim);

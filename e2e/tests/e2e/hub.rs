@@ -106,7 +106,7 @@ impl Edge {
         TlsConnector::from(Arc::new(config))
     }
 
-    async fn tls_stream(&self, id: Option<&Identity>) -> Result<TlsStream<TcpStream>> {
+    pub(crate) async fn tls_stream(&self, id: Option<&Identity>) -> Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr).await?;
         let name = rustls::pki_types::ServerName::try_from("localhost")?;
         Ok(self.tls(id).connect(name, tcp).await?)
@@ -421,7 +421,16 @@ async fn hub_delivers_to_the_right_node_latest_wins_and_deletes() {
     assert_eq!(first.content["data"]["v"], "1");
     assert!(first.content["metadata"].get("managedFields").is_none());
 
-    // Two updates while the insert is unacked: the first of them is superseded.
+    // Two updates while the insert is unacked: the first of them is superseded. The counter
+    // proves the hub queued rv2 at all (else the test below would pass without supersession).
+    let metrics_addr = hub.op.metrics_addr().await.unwrap().to_string();
+    let superseded = |addr: &str| {
+        edgefleet_e2e::edge::metrics(addr, "edgefleet_hub_messages_superseded_total")
+            .ok()
+            .and_then(|m| m.values().next().copied())
+            .unwrap_or(0.0)
+    };
+    let superseded_before = superseded(&metrics_addr);
     let rv2 = update_configmap(&ns, "toll-config", "2").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rv3 = update_configmap(&ns, "toll-config", "3").await.unwrap();
@@ -434,6 +443,10 @@ async fn hub_delivers_to_the_right_node_latest_wins_and_deletes() {
         "rv2 {rv2} must never be sent"
     );
     assert_eq!(next.content["data"]["v"], "3");
+    assert!(
+        superseded(&metrics_addr) > superseded_before,
+        "rv2 was never queued: nothing was superseded"
+    );
     sa.ack(&next).await.unwrap();
     let name = sync_name(&a, &uid);
     wait_for("acked RV = rv3", Duration::from_secs(15), || async {

@@ -7,6 +7,7 @@ mod chart;
 mod crds;
 mod gitops;
 mod helm;
+mod hostile;
 mod hub;
 mod leader;
 mod objectsync;

@@ -592,20 +592,33 @@ async fn objectsync_killed_mid_way_converges_without_duplicates() {
     let all = bed.list_syncs().await;
     let expected: usize = uids.values().map(Vec::len).sum();
     assert_eq!(all.len(), expected);
+    // The exact set of (node, object) pairs the pods ask for, read from what each sync says
+    // (its labels and its spec), not from its name: a sync for a wrong node or object, or two
+    // syncs naming the same object in different ways, makes the sets differ.
+    let want: BTreeSet<(String, String)> = uids
+        .iter()
+        .flat_map(|(node, list)| list.iter().map(move |uid| (node.clone(), uid.clone())))
+        .collect();
     let mut pairs = BTreeSet::new();
+    let mut objects = BTreeSet::new();
     for s in &all {
         let labels = labels_of(s);
-        let pair = (
-            labels.get(NODE_LABEL).cloned(),
-            labels.get(UID_LABEL).cloned(),
-        );
+        let (Some(node), Some(uid)) = (labels.get(NODE_LABEL), labels.get(UID_LABEL)) else {
+            panic!("{} unlabelled", s.name_any());
+        };
+        pairs.insert((node.clone(), uid.clone()));
         assert!(
-            pair.0.is_some() && pair.1.is_some(),
-            "{} unlabelled",
-            s.name_any()
+            objects.insert((
+                node.clone(),
+                s.spec.object_kind.clone(),
+                s.spec.object_name.clone()
+            )),
+            "two syncs deliver {} {} to {node}",
+            s.spec.object_kind,
+            s.spec.object_name
         );
-        assert!(pairs.insert(pair), "duplicate sync {}", s.name_any());
         assert_eq!(s.finalizers(), [FINALIZER]);
     }
+    assert_eq!(pairs, want, "the syncs' (node, object) pairs");
     bed.finish(operator).await;
 }

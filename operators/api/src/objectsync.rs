@@ -34,6 +34,20 @@ pub const VERSION: &str = "v1alpha1";
 /// Label carrying the node a sync belongs to, so a node's syncs are found by label selector.
 pub const NODE_LABEL: &str = "edgefleet.io/node";
 
+/// Label carrying the UID of the object a sync tracks.
+pub const OBJECT_UID_LABEL: &str = "edgefleet.io/object-uid";
+
+/// The finalizer every sync carries until the edge acknowledged the object's delete: objectsync
+/// sets it, the hub removes it.
+pub const FINALIZER: &str = "edgefleet.io/edge-delete";
+
+/// Annotation asking the hub to re-queue a sync; its value is the RFC 3339 time of the ask.
+/// objectsync writes it, the hub reacts to its change.
+pub const RESYNC_ANNOTATION: &str = "edgefleet.io/resync-requested";
+
+/// Label every edge node carries (the hub sets it at registration, objectsync selects by it).
+pub const EDGE_ROLE_LABEL: &str = "node-role.kubernetes.io/edge";
+
 /// Condition type: the node acknowledged the object's current resourceVersion.
 pub const CONDITION_DELIVERED: &str = "Delivered";
 

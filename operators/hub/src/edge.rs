@@ -12,23 +12,16 @@ use std::time::Duration;
 
 use edgefleet_channel::envelope::{EnvelopeError, SOURCE_CLOUD};
 use edgefleet_channel::{Message, Operation, Resource, ResourceType};
-use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{ResourceExt, discovery::ApiResource};
 use serde_json::{Value, json};
 
-use crate::deliver::{FIELD_MANAGER, api_resource};
 use crate::hub::{Hub, Session};
+use crate::wire::{FIELD_MANAGER, api_resource};
+use crate::{lease, route};
 
-/// Label every edge node carries.
-pub const EDGE_ROLE_LABEL: &str = "node-role.kubernetes.io/edge";
-/// Namespace of node Leases.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
-/// Lease duration written for edge nodes (kubelet's default).
-pub const NODE_LEASE_SECONDS: i32 = 40;
+pub use edgefleet_api::objectsync::EDGE_ROLE_LABEL;
 /// Edge → cloud requests one session may have in progress; more are refused with "busy".
 pub const MAX_EDGE_REQUESTS: usize = 8;
 
@@ -126,7 +119,12 @@ fn refuse(msg: &Message, reason: &str) -> Message {
 }
 
 /// Handles one allowed request of `session`'s node; returns the reply to send.
-pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Message) -> Message {
+pub async fn handle(
+    hub: &Arc<Hub>,
+    session: &Arc<Session>,
+    incoming: Incoming,
+    msg: &Message,
+) -> Message {
     let (kind, result) = match incoming {
         Incoming::RegisterNode => (
             "register",
@@ -136,10 +134,8 @@ pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Mess
             let r = node_status(hub, &session.node, &msg.content).await;
             if r.is_ok() {
                 session.heartbeat.store(true, Ordering::Relaxed);
-                // Renew at once so a node becomes healthy without waiting a renew interval.
-                if let Err(e) = renew_lease(hub, &session.node).await {
-                    tracing::warn!(node = %session.node, error = %e, "lease renewal");
-                }
+                // The first report renews at once; the renewer keeps it renewed.
+                lease::renew_first(hub, session).await;
             }
             ("nodestatus", r)
         }
@@ -148,7 +144,7 @@ pub async fn handle(hub: &Hub, session: &Session, incoming: Incoming, msg: &Mess
             relay_twin(hub, &session.node, &namespace, &device, &msg.content).await,
         ),
         Incoming::Query(resource) => {
-            let reply = query(hub, &session.node, &resource, msg);
+            let reply = query(hub, &session.node, &resource, msg).await;
             let result = if reply.route.operation == Operation::Error.as_str() {
                 "refused"
             } else {
@@ -288,77 +284,6 @@ async fn node_status(hub: &Hub, node: &str, content: &Value) -> Result<(), Strin
         .map_err(|e| api_err("patch node status", e))
 }
 
-/// Renews (or creates) the node's Lease in kube-node-lease, as a kubelet would.
-pub async fn renew_lease(hub: &Hub, node: &str) -> Result<(), kube::Error> {
-    let api: Api<Lease> = Api::namespaced(hub.client.clone(), NODE_LEASE_NAMESPACE);
-    let now = MicroTime(jiff::Timestamp::now());
-    match api.get_opt(node).await? {
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now);
-            spec.holder_identity = Some(node.into());
-            spec.lease_duration_seconds = Some(NODE_LEASE_SECONDS);
-            api.replace(node, &PostParams::default(), &lease).await?;
-        }
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(node.into()),
-                    namespace: Some(NODE_LEASE_NAMESPACE.into()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(node.into()),
-                    lease_duration_seconds: Some(NODE_LEASE_SECONDS),
-                    renew_time: Some(now.clone()),
-                    acquire_time: Some(now),
-                    ..Default::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every `interval`, renews the Leases of the heartbeating nodes whose sessions live here. A
-/// node whose session is gone is not renewed: the node-lifecycle controller marks it NotReady.
-pub async fn run_lease_renewer(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(hub.config.lease_renew_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = hub.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let nodes: Vec<String> = hub
-            .registry
-            .all()
-            .into_iter()
-            .filter(|s| s.heartbeat.load(Ordering::Relaxed))
-            .map(|s| s.node.clone())
-            .collect();
-        futures::stream::iter(nodes)
-            .for_each_concurrent(16, |node| {
-                let hub = hub.clone();
-                async move {
-                    if let Err(e) = renew_lease(&hub, &node).await {
-                        hub.metrics
-                            .api_errors
-                            .with_label_values(&["renew_lease"])
-                            .inc();
-                        tracing::warn!(%node, error = %e, "lease renewal");
-                    }
-                }
-            })
-            .await;
-    }
-}
-
 /// Merges reported twin values into a Device's `status.twins` by property name (pure): only
 /// `reported` is written, `observedDesired` and other properties are kept.
 pub fn merge_twins(current: &[Value], reported: &[Value]) -> Result<Vec<Value>, String> {
@@ -438,18 +363,26 @@ async fn relay_twin(
 }
 
 /// Answers a query for one object, only if the node has a sync for it (a node reads only its own
-/// objects).
-fn query(hub: &Hub, node: &str, resource: &Resource, msg: &Message) -> Message {
-    let Some(obj) = hub
+/// objects). An object the cache does not hold (a Secret) is read from the API.
+async fn query(hub: &Hub, node: &str, resource: &Resource, msg: &Message) -> Message {
+    let not_found = || refuse(msg, &format!("not found: {resource}"));
+    let cached = hub
         .caches
-        .object(resource.type_, &resource.namespace, &resource.name)
-    else {
-        return refuse(msg, &format!("not found: {resource}"));
+        .object(resource.type_, &resource.namespace, &resource.name);
+    let obj = match cached {
+        Some(o) => o,
+        None => match route::get_object(hub, resource.type_, &resource.namespace, &resource.name)
+            .await
+        {
+            Ok(Some(o)) => o,
+            Ok(None) => return not_found(),
+            Err(e) => return refuse(msg, &api_err("read", e)),
+        },
     };
     let uid = obj.uid().unwrap_or_default();
     if !hub.caches.node_has(node, &uid) {
         // Same answer as for a missing object: do not reveal what exists.
-        return refuse(msg, &format!("not found: {resource}"));
+        return not_found();
     }
     let rv = obj.resource_version().unwrap_or_default();
     msg.ack(SOURCE_CLOUD, &rv)

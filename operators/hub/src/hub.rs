@@ -4,17 +4,21 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::{Caches, Delivery, StatusJob};
+use crate::cache::Caches;
 use crate::identity::Ca;
+use crate::lease::LeaseState;
+pub use crate::lock;
 use crate::metrics::HubMetrics;
 use crate::queue::{NodeQueue, Op, Pushed};
+use crate::status::StatusBoard;
+use crate::wire::Delivery;
 
 /// Settings of one replica.
 #[derive(Clone, Debug)]
@@ -35,12 +39,6 @@ pub struct Config {
     pub report_interval: Duration,
 }
 
-/// Locks a mutex, recovering the data of a poisoned one (a panicking holder cannot leave these
-/// maps half-updated: every critical section is a few infallible map operations).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// One live session's state shared between its connection task and the watchers that queue.
 #[derive(Debug)]
 pub struct Session {
@@ -54,6 +52,8 @@ pub struct Session {
     pub close_reason: Mutex<Option<(u16, String)>>,
     /// The node reported its status: renew its Lease while the session lives.
     pub heartbeat: AtomicBool,
+    /// When this replica last renewed the node's Lease.
+    pub lease: Mutex<LeaseState>,
     /// Edge → cloud requests of this session being handled right now.
     pub edge_requests: AtomicUsize,
     depth: AtomicUsize,
@@ -70,6 +70,7 @@ impl Session {
             close: CancellationToken::new(),
             close_reason: Mutex::new(None),
             heartbeat: AtomicBool::new(false),
+            lease: Mutex::new(LeaseState::default()),
             edge_requests: AtomicUsize::new(0),
             depth: AtomicUsize::new(0),
         }
@@ -168,8 +169,9 @@ pub struct Hub {
     pub client: Client,
     pub metrics: HubMetrics,
     pub registry: Registry,
-    pub caches: Caches,
-    pub status: mpsc::Sender<StatusJob>,
+    pub caches: Arc<Caches>,
+    /// ACKs, give-ups and edge deletes waiting for the status writer.
+    pub status: Arc<StatusBoard>,
     pub ca: Ca,
     /// Sessions accepted (upgrade answered) and not yet ended; checked against capacity.
     pub connections: AtomicUsize,
@@ -183,8 +185,8 @@ impl Hub {
         config: Config,
         client: Client,
         metrics: HubMetrics,
-        caches: Caches,
-        status: mpsc::Sender<StatusJob>,
+        caches: Arc<Caches>,
+        status: Arc<StatusBoard>,
         ca: Ca,
         shutdown: CancellationToken,
     ) -> Self {
@@ -210,6 +212,11 @@ impl Hub {
     pub fn jittered_retry(&self) -> Duration {
         jitter(self.config.retry_after_seconds)
     }
+}
+
+/// The client for the hub's own reads of one Secret (CA, bootstrap token).
+pub fn secrets(client: &Client, namespace: &str) -> kube::Api<k8s_openapi::api::core::v1::Secret> {
+    kube::Api::namespaced(client.clone(), namespace)
 }
 
 /// `base` seconds ±50% (at least 1 s), random.

@@ -5,22 +5,39 @@
 //! | [`server`] | TLS listener: bootstrap endpoint, WebSocket upgrade with identity and capacity checks |
 //! | [`session`] | one edge session: reader/scheduler loop + writer task |
 //! | [`queue`] | a node's queue: latest wins per UID, window, resend, give up (pure) |
-//! | [`deliver`] | reflectors, UID → nodes index, what a sync needs sent, ACK status writes |
-//! | [`edge`] | edge → cloud: node registration, heartbeat + Lease, twin relay, queries |
+//! | [`route`] | the watchers' events → what each connected node lacks, queued on its session |
+//! | [`edge`] | edge → cloud: node registration, heartbeat, twin relay, queries |
+//! | [`lease`] | node Leases of connected nodes: one write each, earliest first, own budget |
 //! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
 //! | [`report`] | the load report ConfigMap |
 //! | [`hub`] | shared state: config, session registry, metrics |
+//! | [`status`] | the coalescing, bounded status board and the writer that drains it |
+//! | [`cache`] | reflector stores and the UID → nodes index (data only) |
+//! | [`wire`] | what is queued and sent: payloads, delivered kinds, acked-version rules |
+//!
+//! Dependencies point down this table (`wire` at the bottom; `server` → `session` → `route`,
+//! `edge`, `lease` → `hub` → `status`, `cache` → `wire`); no module extends another's type.
 
-pub mod deliver;
+pub mod cache;
 pub mod edge;
 pub mod error;
 pub mod hub;
 pub mod identity;
+pub mod lease;
 pub mod metrics;
 pub mod queue;
 pub mod report;
+pub mod route;
 pub mod server;
 pub mod session;
+pub mod status;
+pub mod wire;
+
+/// Locks a mutex, recovering the data of a poisoned one (a panicking holder cannot leave these
+/// maps half-updated: every critical section is a few infallible map operations).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 pub use error::{Error, Result};
 

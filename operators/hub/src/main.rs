@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use edgefleet_channel::bootstrap::{TOKEN_KEY, TOKEN_SECRET};
-use edgefleet_hub::deliver::{self, Caches};
+use edgefleet_hub::cache::Caches;
 use edgefleet_hub::hub::{Config, Hub};
 use edgefleet_hub::identity::{self, Ca};
 use edgefleet_hub::metrics::HubMetrics;
-use edgefleet_hub::{edge, report, server};
+use edgefleet_hub::status::{self, StatusBoard};
+use edgefleet_hub::{hub, lease, report, route, server};
 use edgefleet_kit as kit;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -60,8 +61,17 @@ struct Cli {
     report_seconds: u64,
 
     /// Concurrent ObjectSync status writes.
-    #[arg(long, env = "EDGEFLEET_HUB_STATUS_WRITERS", default_value_t = 32)]
+    #[arg(long, env = "EDGEFLEET_HUB_STATUS_WRITERS", default_value_t = 64)]
     status_writers: usize,
+
+    /// ObjectSyncs the status board holds waiting for a write (one entry per sync, however many
+    /// ACKs); beyond it an ACK is counted as given up and left to resync.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_STATUS_PENDING_MAX",
+        default_value_t = 500_000
+    )]
+    status_pending_max: usize,
 }
 
 /// The bootstrap token Secret, created with a random token if absent.
@@ -104,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     } = kit::start(&cli.common, edgefleet_hub::METRICS_PREFIX).await?;
     let metrics = HubMetrics::register(&registry)?;
     let namespace = cli.common.leader_election_namespace.clone();
-    let secrets = deliver::secrets(&client, &namespace);
+    let secrets = hub::secrets(&client, &namespace);
     let ca = Ca::load_or_create(&secrets)
         .await
         .context("loading the hub CA")?;
@@ -123,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
         report_interval: Duration::from_secs(cli.report_seconds.max(1)),
     };
     let (caches, writers) = Caches::new();
-    let (status_tx, status_rx) = tokio::sync::mpsc::channel(4096);
+    let caches = Arc::new(caches);
+    let board = Arc::new(StatusBoard::new(cli.status_pending_max));
     // The hub's tasks stop on their own token, tripped after sessions were told to reconnect.
     let stop = tokio_util::sync::CancellationToken::new();
     let hub = Arc::new(Hub::new(
@@ -131,32 +142,39 @@ async fn main() -> anyhow::Result<()> {
         client,
         metrics,
         caches,
-        status_tx,
+        board.clone(),
         ca,
         stop.clone(),
     ));
 
-    let watchers = tokio::spawn(deliver::run_watchers(
+    let watchers = tokio::spawn(route::run_watchers(
         hub.clone(),
         writers,
         cli.common.watch_namespace.clone(),
     ));
-    let status = tokio::spawn(deliver::run_status_writer(
-        hub.clone(),
-        status_rx,
+    let status = tokio::spawn(status::run(
+        status::Writer {
+            client: hub.client.clone(),
+            caches: hub.caches.clone(),
+            metrics: hub.metrics.clone(),
+            board,
+        },
         cli.status_writers.max(1),
     ));
-    let leases = tokio::spawn(edge::run_lease_renewer(hub.clone()));
+    let leases = tokio::spawn(lease::run(hub.clone()));
     let reports = tokio::spawn(report::run(hub.clone()));
 
-    if !deliver::wait_ready(&hub, Duration::from_secs(60)).await {
-        tracing::warn!("caches not synced after 60 s; serving anyway");
-    }
+    // Sessions are taken at once, before the caches are synced: a reconnecting node gets its
+    // Lease renewed without waiting for the lists, and its syncs are evaluated as the
+    // ObjectSync list streams in (objects not yet held are fetched).
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "edge listener up");
     let serving = tokio::spawn(server::serve(listener, tls, hub.clone()));
+    if !route::wait_ready(&hub, Duration::from_secs(60)).await {
+        tracing::warn!("caches not synced after 60 s; ready anyway");
+    }
     readiness.set_ready(true);
 
     shutdown.cancelled().await;

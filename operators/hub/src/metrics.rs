@@ -38,6 +38,12 @@ pub struct HubMetrics {
     pub edge_requests: IntCounterVec,
     /// Failed API calls, by action.
     pub api_errors: IntCounterVec,
+    /// ObjectSync writes abandoned (conflicts, repeated failures, full board), by action.
+    pub status_give_ups: IntCounterVec,
+    /// Syncs waiting on the status board for a write.
+    pub status_pending: IntGauge,
+    /// Lease renewals, by result (`ok`, `failed`).
+    pub lease_renewals: IntCounterVec,
     /// Unix time of this replica's last successful load report write (0: none yet). The
     /// balancer reads the reports; a report that stops being written leaves it blind.
     pub load_report_written: Gauge,
@@ -120,6 +126,24 @@ impl HubMetrics {
                 ),
                 &["action"],
             )?,
+            status_give_ups: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_status_give_ups_total",
+                    "ObjectSync status writes abandoned and left to resync, by action.",
+                ),
+                &["action"],
+            )?,
+            status_pending: IntGauge::new(
+                "edgefleet_hub_status_pending",
+                "ObjectSyncs waiting on the status board for a write.",
+            )?,
+            lease_renewals: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_lease_renewals_total",
+                    "Node Lease renewals, by result.",
+                ),
+                &["result"],
+            )?,
             load_report_written: Gauge::new(
                 "edgefleet_hub_load_report_last_write_timestamp_seconds",
                 "Unix time of this replica's last successful load report write (0: none yet).",
@@ -148,6 +172,9 @@ impl HubMetrics {
             Box::new(self.frames_refused.clone()),
             Box::new(self.edge_requests.clone()),
             Box::new(self.api_errors.clone()),
+            Box::new(self.status_give_ups.clone()),
+            Box::new(self.status_pending.clone()),
+            Box::new(self.lease_renewals.clone()),
             Box::new(self.load_report_written.clone()),
         ]
     }

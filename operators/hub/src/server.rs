@@ -26,8 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::deliver::secrets;
-use crate::hub::Hub;
+use crate::hub::{Hub, secrets};
 use crate::identity::{check_session_identity, common_name};
 use crate::session;
 

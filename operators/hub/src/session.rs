@@ -22,10 +22,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::deliver::{Body, StatusJob};
 use crate::edge::{self, Incoming, MAX_EDGE_REQUESTS, Refused};
-use crate::hub::{Hub, Session, lock};
+use crate::hub::{Hub, Session};
+use crate::lock;
 use crate::queue::{Op, seconds};
+use crate::route;
+use crate::status::Event;
+use crate::wire::Body;
 
 /// Frames waiting for the writer, per session.
 const WRITER_CAPACITY: usize = 16;
@@ -89,11 +92,14 @@ fn pump(hub: &Hub, session: &Session, tx: &mpsc::Sender<WsMessage>) -> bool {
         hub.metrics.given_up.inc();
         tracing::info!(node = %session.node, resource = %g.payload.resource, rv = %g.rv,
             "no ACK after the last resend; left to resync");
-        let _ = hub.status.try_send(StatusJob::GaveUp {
-            namespace: g.payload.sync_namespace,
-            name: g.payload.sync_name,
-            attempts: edgefleet_channel::session::MAX_SENDS,
-        });
+        record(
+            hub,
+            g.payload.sync_namespace,
+            g.payload.sync_name,
+            Event::GaveUp {
+                attempts: edgefleet_channel::session::MAX_SENDS,
+            },
+        );
     }
     for o in poll.send {
         let mut msg = Message::new(
@@ -145,14 +151,9 @@ fn on_ack(hub: &Hub, session: &Session, parent: &str, rv: &str, ok: bool) {
     hub.metrics
         .delivery_lag
         .observe(seconds(acked.enqueued.elapsed()));
-    let job = match (&acked.payload.body, acked.op) {
-        (Body::Delete(_), _) | (_, Op::Delete) => StatusJob::EdgeDeleted {
-            namespace: acked.payload.sync_namespace,
-            name: acked.payload.sync_name,
-        },
-        _ => StatusJob::Acked {
-            namespace: acked.payload.sync_namespace,
-            name: acked.payload.sync_name,
+    let event = match (&acked.payload.body, acked.op) {
+        (Body::Delete(_), _) | (_, Op::Delete) => Event::EdgeDeleted,
+        _ => Event::Acked {
             // The edge's stored version; the one sent when it says nothing.
             rv: if rv.is_empty() {
                 acked.rv
@@ -162,12 +163,23 @@ fn on_ack(hub: &Hub, session: &Session, parent: &str, rv: &str, ok: bool) {
             attempts: acked.sends,
         },
     };
-    if let Err(mpsc::error::TrySendError::Full(job)) = hub.status.try_send(job) {
-        // Never block the session on the API: hand the wait to a task.
-        let tx = hub.status.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(job).await;
-        });
+    record(
+        hub,
+        acked.payload.sync_namespace,
+        acked.payload.sync_name,
+        event,
+    );
+}
+
+/// Puts an event on the status board; never waits. A full board is a give-up, counted and
+/// logged: the sync is left to the objectsync resync.
+fn record(hub: &Hub, namespace: String, name: String, event: Event) {
+    if !hub.status.record((namespace.clone(), name.clone()), event) {
+        hub.metrics
+            .status_give_ups
+            .with_label_values(&["board_full"])
+            .inc();
+        tracing::warn!(%namespace, %name, "status board full; left to resync");
     }
 }
 
@@ -275,7 +287,7 @@ where
         .inc();
     hub.metrics.sessions.inc();
     tracing::info!(%node, session = session.id, outcome, "session open");
-    hub.session_started(&session);
+    route::session_started(&hub, &session);
 
     let bytes_in = hub.metrics.bytes.with_label_values(&["in"]);
     let mut last_heard = Instant::now();

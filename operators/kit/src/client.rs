@@ -9,6 +9,11 @@
 //! or that the client retries internally, counts once; a watch counts once however long it
 //! streams.
 //!
+//! Every request but a watch is bounded by [`API_CALL_TIMEOUT`] (until the response headers
+//! arrive; the body then runs under kube's read timeout): one hung connection can hold an
+//! operator's slot for a while, never for ever. A watch streams for as long as the API server
+//! keeps it open (it ends it by itself after its `timeoutSeconds`).
+//!
 //! ```ignore
 //! let registry = prometheus::Registry::new();
 //! let client = kit::client_with_metrics(&registry, "edgefleet_rollout").await?;
@@ -17,8 +22,11 @@
 use http::{Method, Request, Uri};
 use kube::client::ClientBuilder;
 use prometheus::{IntCounterVec, Opts, Registry};
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use std::time::Duration;
+use tower::{BoxError, Layer, Service};
 
 use crate::{Error, Result};
 
@@ -49,8 +57,11 @@ pub async fn client_with_metrics(registry: &Registry, prefix: &str) -> Result<ku
     client_with_layer(config, &layer).map_err(Error::Client)
 }
 
+/// How long any request but a watch may wait for its response before it fails.
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A client from `config` with `layer` outside the default stack (so it sees each request once,
-/// as the operator's code sends it).
+/// as the operator's code sends it), every non-watch request bounded by [`API_CALL_TIMEOUT`].
 ///
 /// # Errors
 /// When `kube` cannot build a client from `config`.
@@ -58,7 +69,80 @@ pub fn client_with_layer(
     config: kube::Config,
     layer: &CountRequestsLayer,
 ) -> kube::Result<kube::Client> {
-    Ok(ClientBuilder::try_from(config)?.with_layer(layer).build())
+    client_with_timeout(config, layer, API_CALL_TIMEOUT)
+}
+
+/// [`client_with_layer`] with another bound than [`API_CALL_TIMEOUT`].
+///
+/// # Errors
+/// When `kube` cannot build a client from `config`.
+pub fn client_with_timeout(
+    config: kube::Config,
+    layer: &CountRequestsLayer,
+    timeout: Duration,
+) -> kube::Result<kube::Client> {
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&BoundRequestsLayer { timeout })
+        .with_layer(layer)
+        .build())
+}
+
+/// The tower layer that bounds every request but a watch: see [`BoundRequests`].
+#[derive(Clone, Copy, Debug)]
+pub struct BoundRequestsLayer {
+    pub timeout: Duration,
+}
+
+impl<S> Layer<S> for BoundRequestsLayer {
+    type Service = BoundRequests<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BoundRequests {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Fails a request that is not a watch when its response has not come within `timeout`.
+#[derive(Clone, Debug)]
+pub struct BoundRequests<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+/// The error of a request that outlived its bound.
+#[derive(Debug, thiserror::Error)]
+#[error("no response from the API server within {0:?}")]
+pub struct TimedOut(pub Duration);
+
+impl<S, B> Service<Request<B>> for BoundRequests<S>
+where
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let bound = (!is_watch(request.uri())).then_some(self.timeout);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            match bound {
+                None => response.await.map_err(Into::into),
+                Some(t) => match tokio::time::timeout(t, response).await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(_) => Err(Box::new(TimedOut(t)) as BoxError),
+                },
+            }
+        })
+    }
 }
 
 /// The tower layer behind [`client_with_metrics`]: wraps a service in [`CountRequests`].
@@ -262,6 +346,60 @@ mod tests {
         fn call(&mut self, _request: Request<()>) -> Self::Future {
             std::future::ready(Ok(()))
         }
+    }
+
+    /// A service that never answers.
+    struct Never;
+
+    impl Service<Request<()>> for Never {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = std::future::Pending<Result<(), Self::Error>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_request_but_a_watch_is_bounded() {
+        let timeout = Duration::from_millis(100);
+        let mut service = BoundRequestsLayer { timeout }.layer(Never);
+        let request = |uri: &str| Request::builder().uri(uri).body(()).unwrap();
+        for uri in [
+            "/api/v1/namespaces/a/pods/p",
+            "/api/v1/pods?limit=500",
+            "/version",
+        ] {
+            let err = service.call(request(uri)).await.unwrap_err();
+            assert!(err.is::<TimedOut>(), "{uri}: {err}");
+        }
+        let watch = service.call(request("/api/v1/pods?watch=true"));
+        assert!(
+            tokio::time::timeout(timeout * 5, watch).await.is_err(),
+            "a watch streams for as long as the server keeps it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_fails_against_a_server_that_never_answers() {
+        // Accepts the connection and never says a word.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _held = std::thread::spawn(move || listener.accept());
+        let registry = Registry::new();
+        let layer = CountRequestsLayer::register(&registry, "edgefleet_test").unwrap();
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = client_with_timeout(config, &layer, Duration::from_millis(300)).unwrap();
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(client, "default");
+        let started = std::time::Instant::now();
+        assert!(pods.get("p").await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     fn count(layer: &CountRequestsLayer, verb: &str) -> u64 {

@@ -16,7 +16,7 @@ use axum::{
     routing::get,
 };
 use prometheus::{Encoder, Registry, TextEncoder};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
@@ -58,7 +58,7 @@ struct AppState {
 #[derive(Debug)]
 pub struct HttpServer {
     local_addr: SocketAddr,
-    task: JoinHandle<std::io::Result<()>>,
+    done: oneshot::Receiver<std::io::Result<()>>,
 }
 
 impl HttpServer {
@@ -73,7 +73,7 @@ impl HttpServer {
     /// # Errors
     /// [`Error::Serve`] if the server failed or its task died.
     pub async fn wait(self) -> Result<()> {
-        match self.task.await {
+        match self.done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Serve(e.to_string())),
             Err(e) => Err(Error::Serve(e.to_string())),
@@ -85,11 +85,14 @@ impl HttpServer {
 /// (always 200 while the process runs) and `/readyz` (200 when `readiness` says so, else 503)
 /// until `shutdown` trips.
 ///
+/// The server runs on its own thread and runtime: a process whose own runtime is saturated (a
+/// reconnect storm, a long reconcile burst) still answers its probes and scrapes.
+///
 /// Binding happens before this returns, so a taken port fails start-up instead of a background
 /// task.
 ///
 /// # Errors
-/// [`Error::Bind`] when the address cannot be bound.
+/// [`Error::Bind`] when the address cannot be bound or the server thread cannot start.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
@@ -97,8 +100,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<HttpServer> {
     let bind_err = |source| Error::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
     let local_addr = listener.local_addr().map_err(bind_err)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(bind_err)?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -107,13 +115,21 @@ pub async fn serve(
             registry,
             readiness,
         });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let (tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("http-probes".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            });
+            let _ = tx.send(result);
+        })
+        .map_err(bind_err)?;
     tracing::info!(%local_addr, "serving /metrics, /healthz and /readyz");
-    Ok(HttpServer {
-        local_addr,
-        task: tokio::spawn(async move { server.await }),
-    })
+    Ok(HttpServer { local_addr, done })
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -61,7 +61,10 @@ pub mod telemetry;
 
 pub use apply::{apply, apply_params, apply_status};
 pub use cli::{CommonArgs, LogFormat};
-pub use client::{CountRequestsLayer, client_with_metrics};
+pub use client::{
+    API_CALL_TIMEOUT, BoundRequestsLayer, CountRequestsLayer, client_with_metrics,
+    client_with_timeout,
+};
 pub use conditions::{ConditionStatus, find_condition, is_true, set_condition};
 pub use error::{Error, Result};
 pub use events::recorder;

@@ -10,12 +10,8 @@ use jiff::{SignedDuration, Timestamp};
 use crate::index::{Desired, Live, NodeState, SyncEntry};
 use crate::refs::Kind;
 
-/// The finalizer every sync carries until the edge acknowledged the object's delete.
-pub const FINALIZER: &str = "edgefleet.io/edge-delete";
-/// Label carrying the UID of the object a sync tracks.
-pub const OBJECT_UID_LABEL: &str = "edgefleet.io/object-uid";
-/// Annotation asking the hub to re-queue a sync; its value is the RFC 3339 time of the ask.
-pub const RESYNC_ANNOTATION: &str = "edgefleet.io/resync-requested";
+/// The ObjectSync contract's names, defined once in the api crate (the hub uses the same).
+pub use edgefleet_api::objectsync::{FINALIZER, OBJECT_UID_LABEL, RESYNC_ANNOTATION};
 /// Label values are at most 63 characters; a longer node name is read from the sync's name.
 pub const MAX_LABEL_VALUE: usize = 63;
 

@@ -25,7 +25,7 @@ use crate::plan::{FINALIZER, MAX_LABEL_VALUE, OBJECT_UID_LABEL, RESYNC_ANNOTATIO
 use crate::refs::{Kind, pod_references};
 
 /// The label that makes a node an edge node.
-pub const EDGE_ROLE_LABEL: &str = "node-role.kubernetes.io/edge";
+pub use edgefleet_api::objectsync::EDGE_ROLE_LABEL;
 
 /// One table of the index, and how its entries are set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,278 @@
+//! Node Leases of the connected, heartbeating nodes, renewed as a kubelet would.
+//!
+//! One write per renewal (a merge patch of `spec`, a create only when the Lease is missing),
+//! never a read. Every tick the renewer takes the nodes whose renewal is due, least recently
+//! renewed first (a node never renewed by this replica first of all: its Lease is the one
+//! closest to expiry), up to the free slots of its own concurrency budget: other API work of
+//! the hub (status writes, edge requests) cannot take those slots. Renewals spread over the
+//! interval by themselves: a node is due again one interval after its last renewal finished.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::hub::{Hub, Session};
+use crate::lock;
+use crate::wire::FIELD_MANAGER;
+
+/// Namespace of node Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease duration written for edge nodes (kubelet's default).
+pub const NODE_LEASE_SECONDS: i32 = 40;
+/// Renewals in flight at most: the renewer's own budget.
+pub const RENEWALS_IN_FLIGHT: usize = 32;
+/// A renewal that has not finished by then failed (the next tick tries again).
+pub const RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the renewer looks for due nodes.
+const TICK: Duration = Duration::from_millis(100);
+/// A failed renewal is retried after this.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A session's Lease bookkeeping.
+#[derive(Debug, Default)]
+pub struct LeaseState {
+    /// When this replica last renewed the node's Lease (start of the successful write).
+    pub renewed: Option<Instant>,
+    pub in_flight: bool,
+    /// After a failed renewal: not before then (a failing API is not hammered).
+    pub retry_at: Option<Instant>,
+    /// Renewals failed in a row (the first is logged, the rest counted).
+    pub failures: u32,
+    /// The first successful renewal of this session.
+    pub first: Option<Instant>,
+    /// Ready re-asserted once a grace period into the session (see [`READY_CONFIRM_AFTER`]).
+    pub ready_confirmed: bool,
+}
+
+/// A node whose Lease lapsed before its session came back (a reconnect storm) may be marked
+/// NotReady by the node-lifecycle controller after the hub set it Ready; the controller never
+/// sets it back, and the agent's next status report can be minutes away. So once per session,
+/// this long after its first renewal, the hub sets Ready again.
+pub const READY_CONFIRM_AFTER: Duration = Duration::from_secs(60);
+
+/// The nodes to renew now, most urgent first, at most `slots` (pure). `nodes` are (index,
+/// last renewal, busy: in flight or waiting to retry).
+pub fn due(
+    nodes: &[(usize, Option<Instant>, bool)],
+    now: Instant,
+    interval: Duration,
+    slots: usize,
+) -> Vec<usize> {
+    let mut due: Vec<(Option<Instant>, usize)> = nodes
+        .iter()
+        .filter(|(_, last, in_flight)| {
+            !*in_flight && last.is_none_or(|t| now.saturating_duration_since(t) >= interval)
+        })
+        .map(|(i, last, _)| (*last, *i))
+        .collect();
+    // `None` (never renewed here) sorts first, then the oldest renewal.
+    due.sort();
+    due.into_iter().take(slots).map(|(_, i)| i).collect()
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Renews (or creates) the node's Lease in kube-node-lease: one write.
+pub async fn renew(hub: &Hub, node: &str) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(hub.client.clone(), NODE_LEASE_NAMESPACE);
+    let now = MicroTime(jiff::Timestamp::now());
+    let patch = json!({"spec": {
+        "holderIdentity": node,
+        "leaseDurationSeconds": NODE_LEASE_SECONDS,
+        "renewTime": now,
+    }});
+    match api.patch(node, &params(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some(NODE_LEASE_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(NODE_LEASE_SECONDS),
+                    renew_time: Some(now.clone()),
+                    acquire_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A node's first status report on this replica: its Lease is renewed at once, so the node is
+/// healthy without waiting a tick (the renewer's bookkeeping is shared, so it is not renewed
+/// twice). Later reports leave it to the renewer.
+pub async fn renew_first(hub: &Arc<Hub>, session: &Arc<Session>) {
+    {
+        let mut state = lock(&session.lease);
+        if state.renewed.is_some() || state.in_flight {
+            return;
+        }
+        state.in_flight = true;
+    }
+    renew_one(hub.clone(), session.clone(), None).await;
+}
+
+async fn renew_one(
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(RENEWAL_TIMEOUT, renew(&hub, &session.node)).await;
+    let ok = matches!(result, Ok(Ok(())));
+    let mut confirm = false;
+    let first_failure = {
+        let mut state = lock(&session.lease);
+        state.in_flight = false;
+        if ok {
+            state.renewed = Some(started);
+            state.retry_at = None;
+            state.failures = 0;
+            let first = *state.first.get_or_insert(started);
+            if !state.ready_confirmed && started.duration_since(first) >= READY_CONFIRM_AFTER {
+                state.ready_confirmed = true;
+                confirm = true;
+            }
+            false
+        } else {
+            state.retry_at = Some(Instant::now() + RETRY_AFTER);
+            state.failures += 1;
+            state.failures == 1
+        }
+    };
+    drop(permit);
+    let label = if ok { "ok" } else { "failed" };
+    hub.metrics.lease_renewals.with_label_values(&[label]).inc();
+    if ok {
+        if confirm && let Err(e) = confirm_ready(&hub, &session.node).await {
+            hub.metrics
+                .api_errors
+                .with_label_values(&["confirm_ready"])
+                .inc();
+            tracing::warn!(node = %session.node, error = %e, "re-asserting Ready");
+        }
+        return;
+    }
+    hub.metrics
+        .api_errors
+        .with_label_values(&["renew_lease"])
+        .inc();
+    let error = match result {
+        Ok(Err(e)) => e.to_string(),
+        _ => format!("no answer within {RENEWAL_TIMEOUT:?}"),
+    };
+    if first_failure {
+        tracing::warn!(node = %session.node, %error, "lease renewal failed; retrying every second");
+    } else {
+        tracing::debug!(node = %session.node, %error, "lease renewal failed again");
+    }
+}
+
+/// Sets the node's Ready condition (the session lives) with a fresh heartbeat.
+async fn confirm_ready(hub: &Hub, node: &str) -> Result<(), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(hub.client.clone());
+    let now = jiff::Timestamp::now().to_string();
+    let patch = json!({"status": {"conditions": [{
+        "type": "Ready",
+        "status": "True",
+        "reason": "EdgeSessionReady",
+        "message": "edge node connected to the hub",
+        "lastHeartbeatTime": now,
+    }]}});
+    tokio::time::timeout(
+        RENEWAL_TIMEOUT,
+        api.patch_status(node, &params(), &Patch::Strategic(patch)),
+    )
+    .await
+    .map_err(|_| kube::Error::Service("no answer".into()))?
+    .map(|_| ())
+}
+
+/// Renews the Leases of the heartbeating nodes whose sessions live here, until shutdown. A node
+/// whose session is gone is not renewed: the node-lifecycle controller marks it NotReady.
+pub async fn run(hub: Arc<Hub>) {
+    let budget = Arc::new(Semaphore::new(RENEWALS_IN_FLIGHT));
+    let interval = hub.config.lease_renew_interval;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let slots = budget.available_permits();
+        if slots == 0 {
+            continue;
+        }
+        let sessions: Vec<Arc<Session>> = hub
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.heartbeat.load(Ordering::Relaxed))
+            .collect();
+        let now = Instant::now();
+        let states: Vec<(usize, Option<Instant>, bool)> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let st = lock(&s.lease);
+                let waiting = st.retry_at.is_some_and(|t| now < t);
+                (i, st.renewed, st.in_flight || waiting)
+            })
+            .collect();
+        for i in due(&states, now, interval, slots) {
+            let Some(session) = sessions.get(i) else {
+                continue;
+            };
+            let Ok(permit) = budget.clone().try_acquire_owned() else {
+                break;
+            };
+            lock(&session.lease).in_flight = true;
+            tokio::spawn(renew_one(hub.clone(), session.clone(), Some(permit)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_never_renewed_then_the_oldest_go_first_within_the_budget() {
+        let now = Instant::now();
+        let ago = |s: u64| Some(now - Duration::from_secs(s));
+        let interval = Duration::from_secs(10);
+        let nodes = [
+            (0, ago(12), false),
+            (1, ago(3), false),  // not due
+            (2, None, false),    // never renewed here
+            (3, ago(30), false), // the most overdue
+            (4, None, true),     // in flight
+            (5, ago(10), false), // just due
+        ];
+        assert_eq!(due(&nodes, now, interval, 10), vec![2, 3, 0, 5]);
+        assert_eq!(due(&nodes, now, interval, 2), vec![2, 3]);
+        assert!(due(&nodes, now, interval, 0).is_empty());
+    }
+}

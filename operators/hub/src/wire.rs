@@ -1,0 +1,101 @@
+//! What goes on the wire to a node: the payload of a queued message, the delivered kinds, and
+//! the rules of the acked version (pure; depends on nothing else of the hub).
+
+use std::sync::Arc;
+
+use edgefleet_api::objectsync::{ObjectSync, compare_resource_versions};
+use edgefleet_channel::{Resource, ResourceType};
+use kube::api::DynamicObject;
+use kube::discovery::ApiResource;
+use serde_json::Value;
+
+/// Field manager of the hub's writes.
+pub const FIELD_MANAGER: &str = "edgefleet-hub";
+
+/// One queued message's payload: which sync it serves and what to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub sync_namespace: String,
+    pub sync_name: String,
+    pub resource: Resource,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// insert / update: the object as cached (managedFields stripped).
+    Object(Arc<DynamicObject>),
+    /// delete: `{uid, name, namespace, resourceVersion}`.
+    Delete(Arc<Value>),
+}
+
+impl Body {
+    pub fn content(&self) -> Value {
+        match self {
+            Body::Object(o) => serde_json::to_value(&**o).unwrap_or(Value::Null),
+            Body::Delete(v) => (**v).clone(),
+        }
+    }
+}
+
+/// The ApiResource of a delivered type.
+pub fn api_resource(t: ResourceType) -> Option<ApiResource> {
+    let (group, version, kind, plural) = match t {
+        ResourceType::Pod => ("", "v1", "Pod", "pods"),
+        ResourceType::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
+        ResourceType::Secret => ("", "v1", "Secret", "secrets"),
+        ResourceType::Device => ("devices.kubeedge.io", "v1beta1", "Device", "devices"),
+        ResourceType::DeviceModel => (
+            "devices.kubeedge.io",
+            "v1beta1",
+            "DeviceModel",
+            "devicemodels",
+        ),
+        _ => return None,
+    };
+    let api_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version,
+        kind: kind.into(),
+        plural: plural.into(),
+    })
+}
+
+/// The delivered types, in the order their watchers start.
+pub const DELIVERED: [ResourceType; 5] = [
+    ResourceType::Pod,
+    ResourceType::ConfigMap,
+    ResourceType::Secret,
+    ResourceType::Device,
+    ResourceType::DeviceModel,
+];
+
+/// The acked resourceVersion of a sync ("" = nothing acked).
+pub fn acked_rv(sync: &ObjectSync) -> &str {
+    match sync
+        .status
+        .as_ref()
+        .and_then(|s| s.object_resource_version.as_deref())
+    {
+        None | Some("0") => "",
+        Some(rv) => rv,
+    }
+}
+
+/// Whether `new` moves the acked version forward from `acked` (only ever grows; versions
+/// without an order never move it, except from nothing acked).
+pub fn grows(acked: &str, new: &str) -> bool {
+    if new.is_empty() {
+        return false;
+    }
+    if acked.is_empty() || acked == "0" {
+        return true;
+    }
+    compare_resource_versions(new, acked) == Some(std::cmp::Ordering::Greater)
+}
