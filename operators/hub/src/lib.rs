@@ -8,16 +8,22 @@
 //! | [`deliver`] | reflectors, UID → nodes index, what a sync needs sent, ACK status writes |
 //! | [`edge`] | edge → cloud: node registration, heartbeat + Lease, twin relay, queries |
 //! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
+//! | [`enroll`] | join tokens, CSR API approval and signing, renewal |
+//! | [`records`] | one identity per node: records, session admission, revocation |
+//! | [`limit`] | token buckets for the bootstrap endpoint |
 //! | [`report`] | the load report ConfigMap |
 //! | [`hub`] | shared state: config, session registry, metrics |
 
 pub mod deliver;
 pub mod edge;
+pub mod enroll;
 pub mod error;
 pub mod hub;
 pub mod identity;
+pub mod limit;
 pub mod metrics;
 pub mod queue;
+pub mod records;
 pub mod report;
 pub mod server;
 pub mod session;
@@ -35,6 +41,7 @@ pub fn metric_names() -> Vec<String> {
     if let Ok(m) = metrics::HubMetrics::register(&registry) {
         names.extend(m.names());
     }
+    names.extend(records::IdentityMetrics::names());
     if let Ok(layer) = edgefleet_kit::CountRequestsLayer::register(&registry, METRICS_PREFIX) {
         names.extend(edgefleet_kit::names_of(&[layer.counter()]));
     }
