@@ -8,6 +8,7 @@ mod crds;
 mod gitops;
 mod helm;
 mod hub;
+mod identity;
 mod leader;
 mod objectsync;
 mod observability;

@@ -40,6 +40,7 @@ pub const CA_FILE: &str = "ca.crt";
 pub const PENDING_KEY_FILE: &str = "node.key.pending";
 
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+const PIN_MISMATCH: &str = "the hub's CA is not the one the join token pins";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -403,7 +404,14 @@ pub(crate) async fn post(
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(server_name, tcp)
         .await
-        .map_err(|e| transport(&e))?;
+        .map_err(|e| {
+            // The pin did not match: retrying cannot help, and must not send the token.
+            if e.to_string().contains(PIN_MISMATCH) {
+                IdentityError::PinMismatch
+            } else {
+                transport(&e)
+            }
+        })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -449,9 +457,7 @@ impl ServerCertVerifier for PinnedCa {
         let ca = intermediates
             .iter()
             .find(|c| sha256_hex(c.as_ref()) == self.pin)
-            .ok_or_else(|| {
-                rustls::Error::General("the hub's CA is not the one the join token pins".into())
-            })?;
+            .ok_or_else(|| rustls::Error::General(PIN_MISMATCH.into()))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(

@@ -54,13 +54,15 @@ fn validity(params: &mut CertificateParams, years: i32) {
     params.not_after = day(today, years);
 }
 
-/// Valid from five minutes ago (clock skew) for `lifetime`, to the second.
+/// Valid for `lifetime` from now, to the second; backdated for clock skew by a tenth of the
+/// lifetime, at most five minutes (so the agent's "last 10–30 %" stays near the real end).
 fn validity_for(params: &mut CertificateParams, lifetime: std::time::Duration) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + now.saturating_sub(std::time::Duration::from_secs(300));
+    let skew = (lifetime / 10).min(std::time::Duration::from_secs(300));
+    params.not_before = epoch + now.saturating_sub(skew);
     params.not_after = epoch + now + lifetime;
 }
 
