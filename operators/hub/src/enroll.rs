@@ -185,15 +185,26 @@ pub async fn bootstrap(
     request: &BootstrapRequest,
 ) -> Outcome {
     let now = Instant::now();
-    if !ids.per_address.try_take(&peer.to_string(), now)
-        || !ids.per_node.try_take(&request.node_name, now)
-    {
+    let address = peer.to_string();
+    // Per address only failures count (many boxes share a NAT); per name every attempt does.
+    if !ids.per_address.allows(&address, now) || !ids.per_node.try_take(&request.node_name, now) {
         return refused(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             "too many bootstrap attempts; retry later",
         );
     }
+    let outcome = bootstrap_checked(hub, ids, request).await;
+    if matches!(
+        outcome.label(),
+        "bad_token" | "expired_token" | "out_of_scope" | "bad_request" | "denied"
+    ) {
+        ids.per_address.charge(&address, now);
+    }
+    outcome
+}
+
+async fn bootstrap_checked(hub: &Hub, ids: &Identities, request: &BootstrapRequest) -> Outcome {
     if !edgefleet_channel::resource::is_valid_name(&request.node_name) {
         return refused(StatusCode::BAD_REQUEST, "bad_request", "invalid node name");
     }

@@ -1,6 +1,9 @@
 //! Token buckets per key (source address, node name) for the bootstrap endpoint: a guesser gets
 //! a handful of tries a minute, not thousands a second. Bounded: when the map is full, buckets
 //! that have refilled are dropped first, and if none has, the new key is refused (fail closed).
+//! A bucket can be taken from up front ([`Limiter::try_take`]) or only looked at up front and
+//! charged after a failure ([`Limiter::allows`] + [`Limiter::charge`]): a thousand gantries
+//! behind one NAT enrol at once, a guesser behind it still gets a handful of failures.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,6 +62,31 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Whether `key` has a try left at `now`, without taking it.
+    pub fn allows(&self, key: &str, now: Instant) -> bool {
+        let map = lock(&self.buckets);
+        match map.get(key) {
+            None => map.len() < self.max_keys || self.has_refilled(&map, now),
+            Some(b) => {
+                let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+                b.tokens + elapsed * self.per_second >= 1.0
+            }
+        }
+    }
+
+    fn has_refilled(&self, map: &HashMap<String, Bucket>, now: Instant) -> bool {
+        map.values().any(|b| {
+            b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_second >= self.burst
+        })
+    }
+
+    /// Takes one try for `key` (after a failure), whether or not one was left.
+    pub fn charge(&self, key: &str, now: Instant) {
+        let _ = self.try_take(key, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +109,19 @@ mod tests {
         assert!(!l.try_take("a", later));
         let much_later = t0 + Duration::from_secs(100);
         assert!(l.try_take("c", much_later), "refilled buckets make room");
+    }
+
+    #[test]
+    fn looking_does_not_take_charging_does() {
+        let l = Limiter::new(2, Duration::from_secs(10), 10);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(l.allows("a", t0), "looking is free");
+        }
+        l.charge("a", t0);
+        assert!(l.allows("a", t0));
+        l.charge("a", t0);
+        assert!(!l.allows("a", t0), "two failures spent the burst");
+        assert!(l.allows("a", t0 + Duration::from_secs(10)));
     }
 }
