@@ -133,6 +133,17 @@ async fn main() -> anyhow::Result<()> {
     if !deliver::wait_ready(&hub, Duration::from_secs(60)).await {
         tracing::warn!("caches not synced after 60 s; serving anyway");
     }
+    for _ in 0..300 {
+        if ids.is_synced() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !ids.is_synced() {
+        tracing::warn!(
+            "identity records not listed after 30 s; serving anyway (records read per session)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;

@@ -129,6 +129,9 @@ pub struct Identities {
     pub per_node: Limiter,
     pub metrics: IdentityMetrics,
     pub cert_lifetime: Duration,
+    /// The watch listed every record once: sessions are admitted from the cache from now on
+    /// (before, each would cost a GET — a reconnect storm after a restart must not).
+    synced: std::sync::atomic::AtomicBool,
 }
 
 impl Identities {
@@ -141,7 +144,12 @@ impl Identities {
             per_node: Limiter::new(bootstrap_burst, Duration::from_secs(30), 100_000),
             metrics,
             cert_lifetime,
+            synced: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn cached(&self, node: &str) -> Option<Record> {
@@ -284,6 +292,9 @@ pub async fn run_watcher(hub: Arc<Hub>, identities: Arc<Identities>) {
                 for (node, record) in seen {
                     identities.apply(&hub, &node, Some(record));
                 }
+                identities
+                    .synced
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Some(Ok(watcher::Event::Apply(cm))) => {
                 if let Some((node, record)) = record_of(&cm) {
