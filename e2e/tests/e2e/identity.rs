@@ -164,13 +164,18 @@ async fn identity_tokens_are_scoped_and_expire() {
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("expired"), "{body}");
 
-    let group = join_token(
-        &client,
-        TokenScope::Group(format!("{station}={}", ns.name)),
-        600,
-    )
-    .await
-    .unwrap();
+    // The group token as an admin makes it: printed once, CA pin included.
+    let group = plugin(&[
+        "token",
+        "create",
+        "--group",
+        &format!("{station}={}", ns.name),
+        "--ttl",
+        "10m",
+    ])
+    .unwrap()
+    .trim()
+    .to_string();
     let (status, body, _) = enrol(&edge, &inside, &group).await;
     assert_eq!(status, 200, "a node of the group: {body}");
     let (status, body, _) = enrol(&edge, &fresh, &group).await;
@@ -199,6 +204,19 @@ async fn identity_tokens_are_scoped_and_expire() {
     let listed = plugin(&["token", "list"]).unwrap();
     assert!(listed.contains(&format!("node {a}")), "{listed}");
     assert!(listed.contains(&a), "used-by noted: {listed}");
+    let group_id = group.split('.').nth(1).unwrap();
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(group_id))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&fresh) && line.contains("group ") && line.contains(" in "),
+        "{listed}"
+    );
+    plugin(&["token", "revoke", group_id]).unwrap();
+    let late = node_name(&ns, "late");
+    let (status, body, _) = enrol(&edge, &late, &group).await;
+    assert_eq!(status, 401, "a revoked token: {body}");
     let _ = Api::<CertificateSigningRequest>::all(client.clone())
         .delete(&pending.csr_name, &DeleteParams::default())
         .await;
