@@ -382,8 +382,8 @@ async fn identity_revoked_node_is_closed_on_both_replicas_and_refused() {
     let mut on_a = edge_a.connect(&id, &a).await.unwrap();
     let mut on_b = edge_b.connect(&id, &a).await.unwrap();
 
-    plugin(&["node", "revoke", &a]).unwrap();
     let t0 = std::time::Instant::now();
+    plugin(&["node", "revoke", &a]).unwrap();
     for (replica, s) in [("a", &mut on_a), ("b", &mut on_b)] {
         match s.next(Duration::from_secs(10)).await {
             Some(Got::Closed(code)) => assert_eq!(code, Some(CLOSE_REVOKED), "replica {replica}"),
