@@ -9,10 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use edgefleet_channel::bootstrap::{TOKEN_KEY, TOKEN_SECRET};
+use std::collections::BTreeMap;
+
+use edgefleet_channel::bootstrap::{
+    JoinToken, TOKEN_EXPIRATION_KEY, TOKEN_ID_KEY, TOKEN_LABEL, TOKEN_SCOPE_GROUP_KEY,
+    TOKEN_SCOPE_NODE_KEY, TOKEN_SECRET_HASH_KEY, TOKEN_SECRET_PREFIX, TOKEN_SECRET_TYPE,
+    TOKEN_USAGE_KEY, ca_pin, sha256_hex,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta, PostParams};
 use serde::Deserialize;
 
 use crate::operator::{Operator, SYSTEM_NAMESPACE, binary};
@@ -103,25 +109,75 @@ impl HubProcess {
     }
 }
 
-/// The hubs' bootstrap token (all replicas share the Secret in the system namespace), written
-/// to a file for `--token-file`.
-pub async fn bootstrap_token_file(client: &Client, dir: &std::path::Path) -> Result<PathBuf> {
+/// The scope of a join token made by a test.
+#[derive(Clone, Debug)]
+pub enum TokenScope {
+    Node(String),
+    /// `<label>=<value>`.
+    Group(String),
+}
+
+/// A join token (`<ca-pin>.<id>.<secret>`) as `kubectl edgefleet token create` makes it: a
+/// Secret in the system namespace with the secret's hash, the scope and an expiry `ttl` from
+/// now (negative: already expired). Waits for the hubs' CA, whose hash the token pins.
+pub async fn join_token(client: &Client, scope: TokenScope, ttl_seconds: i64) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let token = wait_for(
-        "the hub's bootstrap token",
-        Duration::from_secs(30),
-        || async {
-            Ok(api
-                .get_opt(TOKEN_SECRET)
-                .await?
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(TOKEN_KEY).cloned()))
+    let ca = wait_for("the hub CA", Duration::from_secs(30), || async {
+        Ok(api
+            .get_opt("edgefleet-hub-ca")
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("ca.crt").cloned())
+            .and_then(|b| String::from_utf8(b.0).ok()))
+    })
+    .await?;
+    let mut token = JoinToken::generate();
+    token.ca_pin = Some(ca_pin(&ca).context("no certificate in the hub CA")?);
+    let expiration = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(ttl_seconds))?
+        .to_string();
+    let (scope_key, scope_value) = match scope {
+        TokenScope::Node(n) => (TOKEN_SCOPE_NODE_KEY, n),
+        TokenScope::Group(g) => (TOKEN_SCOPE_GROUP_KEY, g),
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("{TOKEN_SECRET_PREFIX}{}", token.id)),
+            labels: Some(BTreeMap::from([(
+                TOKEN_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..Default::default()
         },
+        type_: Some(TOKEN_SECRET_TYPE.to_string()),
+        string_data: Some(BTreeMap::from([
+            (TOKEN_ID_KEY.to_string(), token.id.clone()),
+            (
+                TOKEN_SECRET_HASH_KEY.to_string(),
+                sha256_hex(token.secret.as_bytes()),
+            ),
+            (TOKEN_EXPIRATION_KEY.to_string(), expiration),
+            (TOKEN_USAGE_KEY.to_string(), "true".to_string()),
+            (scope_key.to_string(), scope_value),
+        ])),
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &secret).await?;
+    Ok(token.full())
+}
+
+/// A group join token for test nodes (names no Node holds yet: approved on first use), an
+/// hour long, written to a file for `--token-file`.
+pub async fn bootstrap_token_file(client: &Client, dir: &std::path::Path) -> Result<PathBuf> {
+    let token = join_token(
+        client,
+        TokenScope::Group("edgefleet.io/e2e-group=e2e".into()),
+        3600,
     )
     .await?;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("token");
-    std::fs::write(&path, token.0)?;
+    std::fs::write(&path, token)?;
     Ok(path)
 }
 

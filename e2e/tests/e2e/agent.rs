@@ -32,7 +32,7 @@ async fn hub_sessions(hub: &HubProcess) -> Result<f64> {
 }
 
 /// `--hub` once per replica.
-fn hub_flags(hubs: &[&HubProcess]) -> Vec<String> {
+pub(crate) fn hub_flags(hubs: &[&HubProcess]) -> Vec<String> {
     hubs.iter().map(|h| format!("--hub={}", h.url())).collect()
 }
 
@@ -40,15 +40,15 @@ fn hub_flags(hubs: &[&HubProcess]) -> Vec<String> {
 /// directory that also holds the agents' data dirs. Dropped, it removes the nodes the agents
 /// registered (every name starts with the namespace's) with their Leases, and the finalizers of
 /// the syncs left behind, so that a failed test leaves nothing stuck.
-struct Bed {
+pub(crate) struct Bed {
     ns: String,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     token: PathBuf,
     ca: PathBuf,
 }
 
 impl Bed {
-    async fn new(client: &Client, ns: &str) -> Result<Bed> {
+    pub(crate) async fn new(client: &Client, ns: &str) -> Result<Bed> {
         let dir = repo_root()
             .join("hack/.cluster/e2e")
             .join(format!("{ns}-agent"));
@@ -127,7 +127,7 @@ impl Drop for Bed {
 }
 
 /// A real `edge-agent run`; killed when dropped, its log printed if the test failed.
-struct EdgeAgent {
+pub(crate) struct EdgeAgent {
     child: Option<Child>,
     log: PathBuf,
     /// The local API (also /metrics).
@@ -137,7 +137,12 @@ struct EdgeAgent {
 impl EdgeAgent {
     /// `edge-agent run` for `node`, its data in the bed, a short back-off cap so reconnects are
     /// quick; `args` name the hubs (and the bootstrap flags on a first start).
-    fn run(bed: &Bed, node: &str, args: &[String], env: &[(&str, &str)]) -> Result<Self> {
+    pub(crate) fn run(
+        bed: &Bed,
+        node: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let api = format!("127.0.0.1:{}", free_port()?);
         let log = repo_root()
             .join("hack/.cluster/logs")
@@ -176,13 +181,21 @@ impl EdgeAgent {
         }
     }
 
+    /// The exit status once the process ended on its own.
+    pub(crate) fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
     /// `GET path` on the local API: (status, JSON body or null).
     fn get(&self, path: &str) -> Result<(u16, Value)> {
         let (status, body) = http_get(&self.api, path)?;
         Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
     }
 
-    fn metric(&self, name: &str) -> Result<f64> {
+    pub(crate) fn metric(&self, name: &str) -> Result<f64> {
         let name = format!("edgefleet_agent_{name}");
         metrics(&self.api, &name)?
             .get(&name)
@@ -190,7 +203,12 @@ impl EdgeAgent {
             .with_context(|| format!("no {name}"))
     }
 
-    async fn wait_metric(&self, name: &str, what: &str, ok: impl Fn(f64) -> bool) -> Result<f64> {
+    pub(crate) async fn wait_metric(
+        &self,
+        name: &str,
+        what: &str,
+        ok: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
         wait_for(what, Duration::from_secs(60), || async {
             let v = self.metric(name)?;
             Ok(ok(v).then_some(v))
@@ -198,7 +216,7 @@ impl EdgeAgent {
         .await
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -224,7 +242,7 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn wait_ready(client: &Client, node: &str) -> Result<()> {
+pub(crate) async fn wait_ready(client: &Client, node: &str) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     wait_for(
         &format!("node {node} Ready"),

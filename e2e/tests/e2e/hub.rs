@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use edgefleet_api::objectsync::{NODE_LABEL, ObjectSync, ObjectSyncSpec, sync_name};
-use edgefleet_channel::bootstrap::{BOOTSTRAP_PATH, BootstrapResponse, TOKEN_KEY, TOKEN_SECRET};
+use edgefleet_channel::bootstrap::{BOOTSTRAP_PATH, BootstrapResponse};
 use edgefleet_channel::envelope::{GROUP_RESOURCE, SOURCE_EDGE};
 use edgefleet_channel::session::{
     CLOSE_PROTOCOL, CLOSE_REPLACED, DEFAULT_PROJECT_ID, HEADER_NODE_ID, HEADER_PROJECT_ID,
@@ -59,12 +59,12 @@ pub(crate) async fn secret_value(client: &Client, name: &str, key: &str) -> Resu
 /// An identity of an edge node: its certificate and key, plus the CA.
 #[derive(Clone, Debug)]
 pub(crate) struct Identity {
-    cert: String,
-    key: String,
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 pub(crate) struct Edge {
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     ca: String,
 }
 
@@ -73,7 +73,7 @@ type Ws = WebSocketStream<TlsStream<TcpStream>>;
 /// A refused session request: HTTP status and Retry-After.
 #[derive(Debug)]
 pub(crate) struct Refusal {
-    status: u16,
+    pub(crate) status: u16,
     retry_after: Option<String>,
 }
 
@@ -113,7 +113,12 @@ impl Edge {
     }
 
     /// `POST /v1/bootstrap`: (status, body).
-    async fn bootstrap_raw(&self, node: &str, token: &str, csr: &str) -> Result<(u16, String)> {
+    pub(crate) async fn bootstrap_raw(
+        &self,
+        node: &str,
+        token: &str,
+        csr: &str,
+    ) -> Result<(u16, String)> {
         let body = json!({"nodeName": node, "token": token, "csr": csr}).to_string();
         let mut s = self.tls_stream(None).await?;
         let req = format!(
@@ -258,7 +263,7 @@ impl Session {
     }
 
     /// A keepalive gets an answer: the session is alive and served.
-    async fn alive(&mut self) -> Result<()> {
+    pub(crate) async fn alive(&mut self) -> Result<()> {
         let ka = Message::new(
             SOURCE_EDGE,
             GROUP_RESOURCE,
@@ -383,10 +388,13 @@ pub(crate) async fn cleanup_nodes(client: &Client, nodes: &[String]) {
     }
 }
 
+/// A group join token for the tests' nodes (names no Node holds yet: approved on first use).
 pub(crate) async fn token_of(client: &Client) -> Result<String> {
-    wait_for("the bootstrap token", Duration::from_secs(30), || async {
-        Ok(secret_value(client, TOKEN_SECRET, TOKEN_KEY).await.ok())
-    })
+    edgefleet_e2e::edge::join_token(
+        client,
+        edgefleet_e2e::edge::TokenScope::Group("edgefleet.io/e2e-group=e2e".into()),
+        3600,
+    )
     .await
 }
 

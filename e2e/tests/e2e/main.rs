@@ -9,6 +9,7 @@ mod gitops;
 mod helm;
 mod hostile;
 mod hub;
+mod identity;
 mod leader;
 mod objectsync;
 mod observability;

@@ -58,13 +58,14 @@ pub struct HubArgs {
     /// one at random, a failed one moves to another.
     #[arg(long, env = "EDGEFLEET_HUB", required = true, value_delimiter = ',')]
     pub hub: Vec<HubAddr>,
-    /// Bootstrap token (only needed until the node has a certificate).
+    /// Join token `<ca-pin>.<token-id>.<token-secret>` from `kubectl edgefleet token create`
+    /// (only needed until the node has a certificate; its CA pin authenticates the hub).
     #[arg(long, env = "EDGEFLEET_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the bootstrap token (instead of --token).
     #[arg(long, env = "EDGEFLEET_BOOTSTRAP_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// PEM CA to authenticate the hub during bootstrap [default: trust the first answer].
+    /// PEM CA to authenticate the hub during bootstrap (not needed: the join token pins it).
     #[arg(long, env = "EDGEFLEET_HUB_CA")]
     pub hub_ca: Option<PathBuf>,
     /// KubeEdge project id (first URL segment, `project_id` header).

@@ -1,20 +1,28 @@
 //! The node's identity: a client certificate (CN = node name) issued by the hub's CA.
 //!
-//! First start: generate a P-256 key and a CSR, `POST /v1/bootstrap` with the token, write
+//! First start: generate a P-256 key and a CSR, `POST /v1/bootstrap` with the join token, write
 //! `node.key`, `node.crt` and `ca.crt` (mode 0600, written to a temporary file, fsynced, renamed)
 //! into the data dir. Later starts load the files and never need the token again.
 //!
-//! The bootstrap call authenticates the hub with `--hub-ca` when given. Without it the agent has
-//! nothing to check the hub against yet and trusts the first answer (like `kubeadm join
-//! --discovery-token-unsafe-skip-ca-verification`); it logs a warning. The session itself is
-//! always verified against the CA the hub returned.
+//! The join token `<ca-pin>.<id>.<secret>` pins the hub CA (hex SHA-256 of its DER, as
+//! KubeEdge's `<caHash>.<token>`): the bootstrap connection is accepted only if the hub's chain
+//! holds that CA and the hub's certificate verifies against it, and the CA the hub returns must
+//! be the pinned one — a first contact cannot be intercepted. `--hub-ca` does the same with a
+//! PEM file; without a pin or `--hub-ca` the agent refuses to bootstrap.
+//!
+//! A bootstrap the hub leaves to an administrator answers 202 (pending approval): the agent
+//! keeps its key (`node.key.pending` in the data dir, in memory for hollow agents) and asks
+//! again with the same key, with back-off, until the CSR is approved.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgefleet_channel::bootstrap::{BOOTSTRAP_PATH, BootstrapRequest, BootstrapResponse};
+use edgefleet_channel::bootstrap::{
+    BOOTSTRAP_PATH, BootstrapRequest, BootstrapResponse, JoinToken, PendingResponse, ca_pin,
+    sha256_hex,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use rustls::ClientConfig;
@@ -28,8 +36,11 @@ use crate::hub::HubAddr;
 pub const KEY_FILE: &str = "node.key";
 pub const CERT_FILE: &str = "node.crt";
 pub const CA_FILE: &str = "ca.crt";
+/// The key of a bootstrap waiting for approval.
+pub const PENDING_KEY_FILE: &str = "node.key.pending";
 
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+const PIN_MISMATCH: &str = "the hub's CA is not the one the join token pins";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -57,13 +68,27 @@ pub enum IdentityError {
     Answer(String),
     #[error("no certificate yet and no bootstrap token given")]
     NoToken,
+    #[error("malformed join token (want <ca-pin>.<token-id>.<token-secret>)")]
+    BadToken,
+    #[error("the join token pins no hub CA and no --hub-ca was given")]
+    NoPin,
+    #[error("the hub's CA is not the one the join token pins")]
+    PinMismatch,
+    #[error("waiting for approval of {csr}: {reason}")]
+    Pending { csr: String, reason: String },
 }
 
 impl IdentityError {
     /// A refusal the agent cannot fix by retrying (bad token, bad request).
     pub fn is_permanent(&self) -> bool {
         matches!(self, IdentityError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
-            || matches!(self, IdentityError::NoToken)
+            || matches!(
+                self,
+                IdentityError::NoToken
+                    | IdentityError::BadToken
+                    | IdentityError::NoPin
+                    | IdentityError::PinMismatch
+            )
     }
 }
 
@@ -168,14 +193,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
 
 /// A fresh P-256 key and a PKCS#10 request with CN = `node`: `(key PEM, CSR PEM)`.
 pub fn key_and_csr(node: &str) -> Result<(String, String), IdentityError> {
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, node);
-    let csr = params.serialize_request(&key)?.pem()?;
-    Ok((key.serialize_pem(), csr))
+    let key = rcgen::KeyPair::generate()?.serialize_pem();
+    let csr = csr_for(node, &key)?;
+    Ok((key, csr))
 }
 
 /// An identity and where it came from.
@@ -204,7 +224,7 @@ pub async fn obtain(
         });
     }
     let token = token.ok_or(IdentityError::NoToken)?;
-    let identity = bootstrap(node, hub, token, hub_ca).await?;
+    let identity = bootstrap_in(dir, node, hub, token, hub_ca).await?;
     if let Some(dir) = dir {
         identity.save(dir)?;
         tracing::info!(node, dir = %dir.display(), "bootstrapped: certificate stored");
@@ -215,24 +235,46 @@ pub async fn obtain(
     })
 }
 
-/// `POST /v1/bootstrap`: the token and a CSR for a signed certificate and the hub's CA.
+/// `POST /v1/bootstrap`: the join token and a CSR for a signed certificate and the hub's CA.
+/// `dir` keeps the key of a pending request (see [`PENDING_KEY_FILE`]).
 pub async fn bootstrap(
     node: &str,
     hub: &HubAddr,
     token: &str,
     hub_ca: Option<&str>,
 ) -> Result<Identity, IdentityError> {
-    let (key_pem, csr) = key_and_csr(node)?;
+    bootstrap_in(None, node, hub, token, hub_ca).await
+}
+
+async fn bootstrap_in(
+    dir: Option<&Path>,
+    node: &str,
+    hub: &HubAddr,
+    token: &str,
+    hub_ca: Option<&str>,
+) -> Result<Identity, IdentityError> {
+    let token = JoinToken::parse(token).ok_or(IdentityError::BadToken)?;
+    let key_pem = pending_key(dir, node)?;
+    let csr = csr_for(node, &key_pem)?;
     let request = BootstrapRequest {
         node_name: node.to_string(),
-        token: token.to_string(),
+        token: token.credential(),
         csr,
     };
     let body = serde_json::to_vec(&request).map_err(|e| IdentityError::Answer(e.to_string()))?;
-    let config = bootstrap_tls(hub_ca)?;
-    let (status, answer) = tokio::time::timeout(BOOTSTRAP_TIMEOUT, post(hub, config, body))
-        .await
-        .map_err(|_| IdentityError::Transport("timed out".into()))??;
+    let config = bootstrap_tls(token.ca_pin.as_deref(), hub_ca)?;
+    let (status, answer) =
+        tokio::time::timeout(BOOTSTRAP_TIMEOUT, post(hub, config, BOOTSTRAP_PATH, body))
+            .await
+            .map_err(|_| IdentityError::Transport("timed out".into()))??;
+    if status == 202 {
+        let pending: PendingResponse =
+            serde_json::from_slice(&answer).map_err(|e| IdentityError::Answer(e.to_string()))?;
+        return Err(IdentityError::Pending {
+            csr: pending.csr_name,
+            reason: pending.reason,
+        });
+    }
     if status != 200 {
         return Err(IdentityError::Refused {
             status,
@@ -241,6 +283,11 @@ pub async fn bootstrap(
     }
     let answer: BootstrapResponse =
         serde_json::from_slice(&answer).map_err(|e| IdentityError::Answer(e.to_string()))?;
+    if let Some(pin) = &token.ca_pin
+        && ca_pin(&answer.ca).as_deref() != Some(pin.as_str())
+    {
+        return Err(IdentityError::PinMismatch);
+    }
     let identity = Identity {
         key_pem,
         cert_pem: answer.certificate,
@@ -248,38 +295,105 @@ pub async fn bootstrap(
     };
     // Refuse an answer we could not use, before it is written anywhere.
     identity.client_config()?;
+    forget_pending_key(dir, node);
     Ok(identity)
 }
 
-fn bootstrap_tls(hub_ca: Option<&str>) -> Result<Arc<ClientConfig>, IdentityError> {
+/// Keys of pending bootstraps of agents without a data dir, by node.
+static PENDING: std::sync::Mutex<Option<std::collections::HashMap<String, String>>> =
+    std::sync::Mutex::new(None);
+
+/// The key of this node's bootstrap: the pending one if a request waits, else a new one
+/// (kept so the next attempt asks with the same key).
+fn pending_key(dir: Option<&Path>, node: &str) -> Result<String, IdentityError> {
+    if let Some(dir) = dir {
+        let path = dir.join(PENDING_KEY_FILE);
+        if let Ok(pem) = std::fs::read_to_string(&path) {
+            return Ok(pem);
+        }
+        let pem = rcgen::KeyPair::generate()?.serialize_pem();
+        std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write_private(&path, pem.as_bytes())?;
+        return Ok(pem);
+    }
+    let mut map = PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = map.get_or_insert_with(Default::default);
+    if let Some(pem) = map.get(node) {
+        return Ok(pem.clone());
+    }
+    let pem = rcgen::KeyPair::generate()?.serialize_pem();
+    map.insert(node.to_string(), pem.clone());
+    Ok(pem)
+}
+
+fn forget_pending_key(dir: Option<&Path>, node: &str) {
+    match dir {
+        Some(dir) => {
+            let _ = std::fs::remove_file(dir.join(PENDING_KEY_FILE));
+        }
+        None => {
+            let mut map = PENDING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(map) = map.as_mut() {
+                map.remove(node);
+            }
+        }
+    }
+}
+
+/// A PKCS#10 request with CN = `node`, signed by `key_pem`.
+pub fn csr_for(node: &str, key_pem: &str) -> Result<String, IdentityError> {
+    let key = rcgen::KeyPair::from_pem(key_pem)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, node);
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+fn bootstrap_tls(
+    pin: Option<&str>,
+    hub_ca: Option<&str>,
+) -> Result<Arc<ClientConfig>, IdentityError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let config = match hub_ca {
-        Some(pem) => {
+    let config = match (pin, hub_ca) {
+        (_, Some(pem)) => {
+            if let Some(pin) = pin
+                && ca_pin(pem).as_deref() != Some(pin)
+            {
+                return Err(IdentityError::PinMismatch);
+            }
             let mut roots = rustls::RootCertStore::empty();
             for cert in certs(pem, "--hub-ca")? {
                 roots.add(cert)?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        None => {
-            // Once per process: `simulate` bootstraps thousands of agents.
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                tracing::warn!("bootstrap without --hub-ca: trusting the hub's first answer");
-            });
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(TrustFirstUse(provider())))
-                .with_no_client_auth()
-        }
+        (Some(pin), None) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                pin: pin.to_string(),
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        (None, None) => return Err(IdentityError::NoPin),
     };
     Ok(Arc::new(config))
 }
 
-async fn post(
+/// `POST path` with a JSON body over `config`: (status, body).
+pub(crate) async fn post(
     hub: &HubAddr,
     config: Arc<ClientConfig>,
+    path: &str,
     body: Vec<u8>,
 ) -> Result<(u16, Bytes), IdentityError> {
     let transport = |e: &dyn std::fmt::Display| IdentityError::Transport(e.to_string());
@@ -290,7 +404,14 @@ async fn post(
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(server_name, tcp)
         .await
-        .map_err(|e| transport(&e))?;
+        .map_err(|e| {
+            // The pin did not match: retrying cannot help, and must not send the token.
+            if e.to_string().contains(PIN_MISMATCH) {
+                IdentityError::PinMismatch
+            } else {
+                transport(&e)
+            }
+        })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -298,7 +419,7 @@ async fn post(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let request = http::Request::post(BOOTSTRAP_PATH)
+    let request = http::Request::post(path)
         .header(http::header::HOST, hub.authority())
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -316,20 +437,36 @@ async fn post(
     Ok((status, answer))
 }
 
-/// Accepts the hub's certificate without a CA to check it against (first bootstrap only).
+/// Accepts the hub only if its chain carries the CA whose DER hashes to the token's pin and
+/// the hub's certificate verifies against that CA (first bootstrap only).
 #[derive(Debug)]
-struct TrustFirstUse(Arc<rustls::crypto::CryptoProvider>);
+struct PinnedCa {
+    pin: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl ServerCertVerifier for TrustFirstUse {
+impl ServerCertVerifier for PinnedCa {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let ca = intermediates
+            .iter()
+            .find(|c| sha256_hex(c.as_ref()) == self.pin)
+            .ok_or_else(|| rustls::Error::General(PIN_MISMATCH.into()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -342,7 +479,7 @@ impl ServerCertVerifier for TrustFirstUse {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -356,17 +493,19 @@ impl ServerCertVerifier for TrustFirstUse {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -442,5 +581,42 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_permanent());
+    }
+
+    #[tokio::test]
+    async fn a_token_must_pin_the_hub_ca() {
+        let hub: HubAddr = "wss://127.0.0.1:1".parse().unwrap();
+        let bare = "abcdef.0123456789abcdef";
+        let err = bootstrap("edge-1", &hub, bare, None).await.unwrap_err();
+        assert!(matches!(err, IdentityError::NoPin), "{err}");
+        assert!(err.is_permanent());
+        let err = bootstrap("edge-1", &hub, "not-a-token", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::BadToken), "{err}");
+        // A --hub-ca that is not the pinned CA.
+        let ca = issued("edge-1").ca_pem;
+        let pinned = format!("{}.{bare}", "0".repeat(64));
+        let err = bootstrap("edge-1", &hub, &pinned, Some(&ca))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::PinMismatch), "{err}");
+        // The right pin gets as far as the network.
+        let pin = ca_pin(&ca).unwrap();
+        let err = bootstrap("edge-1", &hub, &format!("{pin}.{bare}"), Some(&ca))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::Transport(_)), "{err}");
+    }
+
+    #[test]
+    fn a_pending_bootstrap_keeps_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = pending_key(Some(dir.path()), "edge-1").unwrap();
+        assert_eq!(pending_key(Some(dir.path()), "edge-1").unwrap(), first);
+        forget_pending_key(Some(dir.path()), "edge-1");
+        assert_ne!(pending_key(Some(dir.path()), "edge-1").unwrap(), first);
+        let mem = pending_key(None, "edge-9").unwrap();
+        assert_eq!(pending_key(None, "edge-9").unwrap(), mem);
     }
 }

@@ -3,7 +3,8 @@
 //! - [`session`]: one mTLS WebSocket session to a hub, kept up with jittered back-off.
 //! - [`handler`]: store first, ACK second; refusals of malformed or foreign frames.
 //! - [`store`]: the [`store::Store`] trait, SQLite (durable) and in-memory implementations.
-//! - [`identity`]: bootstrap token → certificate, kept in the data dir.
+//! - [`identity`]: join token (CA-pinned) → certificate, kept in the data dir.
+//! - [`renew`]: the certificate renewed before expiry with the current one, no reconnect.
 //! - [`api`]: the local read-only API in the Kubernetes shape, served offline too.
 //! - [`simulate`]: thousands of hollow agents in one process.
 
@@ -15,6 +16,7 @@ pub mod hub;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod renew;
 pub mod session;
 pub mod simulate;
 pub mod store;

@@ -12,7 +12,7 @@ use edgefleet_edge_agent::metrics::{Metrics, inc};
 use edgefleet_edge_agent::session::{self, Agent, SessionConfig};
 use edgefleet_edge_agent::simulate::{self, SimulateOptions};
 use edgefleet_edge_agent::store::{SqliteStore, Store};
-use edgefleet_edge_agent::{api, identity};
+use edgefleet_edge_agent::{api, identity, renew};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,7 +98,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     // Bootstrap walks the hub list as sessions do: a failed attempt moves to another hub.
     let mut hubs = config.hubs.cursor();
-    let (tls, bootstrapped) = loop {
+    let (tls, identity, bootstrapped) = loop {
         match identity::obtain(
             Some(&args.data_dir),
             &node,
@@ -107,7 +107,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             hub_ca.as_deref(),
         )
         .await
-        .and_then(|o| Ok((o.identity.client_config()?, o.bootstrapped)))
+        .and_then(|o| Ok((o.identity.client_config()?, o.identity, o.bootstrapped)))
         {
             Ok(got) => break got,
             Err(e) if e.is_permanent() => return Err(e.to_string()),
@@ -124,6 +124,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if bootstrapped {
         inc(&metrics.bootstraps);
     }
+    let tls = Arc::new(renew::TlsSlot::new(tls));
+    tokio::spawn(renew::keep_renewed(
+        node.clone(),
+        identity,
+        Some(args.data_dir.clone()),
+        config.hubs.clone(),
+        tls.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     let agent = Agent {
         config,
         tls,

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub busy_refusals: AtomicU64,
     pub reconnect_hints: AtomicU64,
     pub bootstraps: AtomicU64,
+    pub renewals: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_acked: AtomicU64,
     pub messages_refused: AtomicU64,
@@ -48,7 +49,7 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             ("connects_total", "Sessions opened.", &self.connects),
             (
                 "reconnects_total",
@@ -74,6 +75,11 @@ impl Metrics {
                 "bootstraps_total",
                 "Certificates obtained with the bootstrap token.",
                 &self.bootstraps,
+            ),
+            (
+                "certificate_renewals_total",
+                "Certificates renewed with the current certificate (no reconnect).",
+                &self.renewals,
             ),
             (
                 "messages_received_total",

@@ -16,7 +16,6 @@ use edgefleet_channel::session::{
 };
 use edgefleet_channel::{Message, Operation, Resource, ResourceType};
 use futures_util::{SinkExt, StreamExt};
-use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -61,7 +60,8 @@ pub struct SessionConfig {
 /// One agent: identity, store, counters.
 pub struct Agent {
     pub config: SessionConfig,
-    pub tls: Arc<ClientConfig>,
+    /// Swapped by [`crate::renew`] when the certificate is renewed.
+    pub tls: Arc<crate::renew::TlsSlot>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub connected: Arc<AtomicBool>,
@@ -188,7 +188,7 @@ async fn connect(agent: &Agent, hub: &HubAddr) -> Result<Ws, ConnectError> {
     };
     let server_name = hub.server_name().map_err(|e| failed("server name", &e))?;
     let handshake = async {
-        let tls = tokio_rustls::TlsConnector::from(agent.tls.clone())
+        let tls = tokio_rustls::TlsConnector::from(agent.tls.get())
             .connect(server_name, counted)
             .await
             .map_err(|e| failed("tls", &e))?;

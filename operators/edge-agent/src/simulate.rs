@@ -132,7 +132,7 @@ async fn hollow_agent(
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     // Each agent walks the hub list on its own: random picks spread the fleet over the hubs.
     let mut hubs = config.hubs.cursor();
-    let (tls, bootstrapped) = loop {
+    let (tls, identity, bootstrapped) = loop {
         let obtained = identity::obtain(
             dir.as_deref(),
             &node,
@@ -141,7 +141,7 @@ async fn hollow_agent(
             opts.hub_ca.as_deref(),
         )
         .await
-        .and_then(|o| Ok((o.identity.client_config()?, o.bootstrapped)));
+        .and_then(|o| Ok((o.identity.client_config()?, o.identity, o.bootstrapped)));
         match obtained {
             Ok(got) => break got,
             Err(e) if e.is_permanent() => {
@@ -160,6 +160,16 @@ async fn hollow_agent(
     if bootstrapped {
         inc(&metrics.bootstraps);
     }
+    let tls = Arc::new(crate::renew::TlsSlot::new(tls));
+    tokio::spawn(crate::renew::keep_renewed(
+        node.clone(),
+        identity,
+        dir.clone(),
+        config.hubs.clone(),
+        tls.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     let agent = Agent {
         config,
         tls,

@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 pub const CA_SECRET: &str = "edgefleet-hub-ca";
 pub const CA_CERT_KEY: &str = "ca.crt";
 pub const CA_KEY_KEY: &str = "ca.key";
-/// Node certificates are valid this many years.
-const NODE_CERT_YEARS: i32 = 1;
+/// Node certificates are valid this long unless `--node-cert-seconds` says otherwise.
+pub const NODE_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// The CA: its certificate (PEM) and signing key.
 pub struct Ca {
@@ -52,6 +52,18 @@ fn validity(params: &mut CertificateParams, years: i32) {
     };
     params.not_before = day(yesterday, 0);
     params.not_after = day(today, years);
+}
+
+/// Valid for `lifetime` from now, to the second; backdated for clock skew by a tenth of the
+/// lifetime, at most five minutes (so the agent's "last 10–30 %" stays near the real end).
+fn validity_for(params: &mut CertificateParams, lifetime: std::time::Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let skew = (lifetime / 10).min(std::time::Duration::from_secs(300));
+    params.not_before = epoch + now.saturating_sub(skew);
+    params.not_after = epoch + now + lifetime;
 }
 
 impl Ca {
@@ -90,7 +102,13 @@ impl Ca {
 
     /// Signs a node's CSR: only if its subject CN is `node`; everything else in the request
     /// (SANs, extensions) is ignored — the certificate says "client `node`", nothing more.
-    pub fn sign_node_csr(&self, node: &str, csr_pem: &str) -> Result<String> {
+    /// Valid for `lifetime` from now (a random serial, so a renewal of the same key differs).
+    pub fn sign_node_csr(
+        &self,
+        node: &str,
+        csr_pem: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::BadRequest(format!("csr: {e}")))?;
         let cn = csr
@@ -113,7 +131,10 @@ impl Ca {
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, NODE_CERT_YEARS);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &uuid::Uuid::new_v4().as_bytes()[..15],
+        ));
+        validity_for(&mut params, lifetime);
         let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.pem())
     }
@@ -228,6 +249,49 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_string)
 }
 
+/// What the hub knows of a verified client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCert {
+    pub cn: String,
+    /// Hex SHA-256 of the SubjectPublicKeyInfo: the node's identity.
+    pub key: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// CN, key hash and expiry of a DER certificate.
+pub fn peer_cert(der: &[u8]) -> Option<PeerCert> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(PeerCert {
+        cn: cn.to_string(),
+        key: edgefleet_channel::bootstrap::sha256_hex(cert.public_key().raw),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Subject CN and key hash of a PEM PKCS#10 request whose self-signature verifies.
+pub fn csr_identity(csr_pem: &str) -> Result<(String, String)> {
+    use x509_parser::prelude::FromDer;
+    let bad = |e: &dyn std::fmt::Display| Error::BadRequest(format!("csr: {e}"));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| bad(&e))?;
+    csr.verify_signature().map_err(|e| bad(&e))?;
+    let info = &csr.certification_request_info;
+    let cn = info
+        .subject
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .ok_or_else(|| Error::BadRequest("csr without a subject CN".into()))?;
+    Ok((
+        cn.to_string(),
+        edgefleet_channel::bootstrap::sha256_hex(info.subject_pki.raw),
+    ))
+}
+
 /// Why a session request is refused before the upgrade (HTTP 403).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -278,7 +342,9 @@ mod tests {
     #[test]
     fn signs_a_csr_only_for_its_own_node_name() {
         let ca = Ca::generate().unwrap();
-        let pem = ca.sign_node_csr("edge-1", &csr_for("edge-1")).unwrap();
+        let pem = ca
+            .sign_node_csr("edge-1", &csr_for("edge-1"), NODE_CERT_LIFETIME)
+            .unwrap();
         let der = certs_from_pem(&pem).unwrap().remove(0);
         assert_eq!(common_name(&der).as_deref(), Some("edge-1"));
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -287,11 +353,11 @@ mod tests {
             "SANs of the request are dropped"
         );
         assert!(matches!(
-            ca.sign_node_csr("edge-1", &csr_for("edge-2")),
+            ca.sign_node_csr("edge-1", &csr_for("edge-2"), NODE_CERT_LIFETIME),
             Err(Error::BadRequest(_))
         ));
         assert!(matches!(
-            ca.sign_node_csr("edge-1", "garbage"),
+            ca.sign_node_csr("edge-1", "garbage", NODE_CERT_LIFETIME),
             Err(Error::BadRequest(_))
         ));
     }

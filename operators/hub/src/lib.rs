@@ -9,6 +9,9 @@
 //! | [`edge`] | edge → cloud: node registration, heartbeat, twin relay, queries |
 //! | [`lease`] | node Leases of connected nodes: one write each, earliest first, own budget |
 //! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
+//! | [`enroll`] | join tokens, CSR API approval and signing, renewal |
+//! | [`records`] | one identity per node: records, session admission, revocation |
+//! | [`limit`] | token buckets for the bootstrap endpoint |
 //! | [`report`] | the load report ConfigMap |
 //! | [`hub`] | shared state: config, session registry, metrics |
 //! | [`status`] | the coalescing, bounded status board and the writer that drains it |
@@ -20,12 +23,15 @@
 
 pub mod cache;
 pub mod edge;
+pub mod enroll;
 pub mod error;
 pub mod hub;
 pub mod identity;
 pub mod lease;
+pub mod limit;
 pub mod metrics;
 pub mod queue;
+pub mod records;
 pub mod report;
 pub mod route;
 pub mod server;
@@ -52,6 +58,7 @@ pub fn metric_names() -> Vec<String> {
     if let Ok(m) = metrics::HubMetrics::register(&registry) {
         names.extend(m.names());
     }
+    names.extend(records::IdentityMetrics::names());
     if let Ok(layer) = edgefleet_kit::CountRequestsLayer::register(&registry, METRICS_PREFIX) {
         names.extend(edgefleet_kit::names_of(&[layer.counter()]));
     }

@@ -1,23 +1,19 @@
 //! `edgefleet-hub`: the cloud end of the edge channel.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use edgefleet_channel::bootstrap::{TOKEN_KEY, TOKEN_SECRET};
 use edgefleet_hub::cache::Caches;
 use edgefleet_hub::hub::{Config, Hub};
 use edgefleet_hub::identity::{self, Ca};
 use edgefleet_hub::metrics::HubMetrics;
+use edgefleet_hub::records::{self, Identities, IdentityMetrics};
 use edgefleet_hub::status::{self, StatusBoard};
 use edgefleet_hub::{hub, lease, report, route, server};
 use edgefleet_kit as kit;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
 
 /// Holds edge nodes' WebSocket sessions, delivers their objects with ACK, relays heartbeats and
 /// device twins, publishes its load report.
@@ -72,34 +68,15 @@ struct Cli {
         default_value_t = 500_000
     )]
     status_pending_max: usize,
-}
 
-/// The bootstrap token Secret, created with a random token if absent.
-async fn ensure_token(secrets: &kube::Api<Secret>) -> anyhow::Result<()> {
-    if secrets.get_opt(TOKEN_SECRET).await?.is_some() {
-        return Ok(());
-    }
-    let token = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(TOKEN_SECRET.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            TOKEN_KEY.to_string(),
-            ByteString(token.into_bytes()),
-        )])),
-        ..Default::default()
-    };
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    /// Lifetime of issued node certificates, seconds (agents renew in the last 10–30 %).
+    #[arg(long, env = "EDGEFLEET_HUB_NODE_CERT_SECONDS", default_value_t = 365 * 86_400)]
+    node_cert_seconds: u64,
+
+    /// Bootstrap attempts allowed at once per source address and per node name; then one per
+    /// 10 s (address) and per 30 s (name).
+    #[arg(long, env = "EDGEFLEET_HUB_BOOTSTRAP_BURST", default_value_t = 10)]
+    bootstrap_burst: u32,
 }
 
 #[tokio::main]
@@ -118,9 +95,11 @@ async fn main() -> anyhow::Result<()> {
     let ca = Ca::load_or_create(&secrets)
         .await
         .context("loading the hub CA")?;
-    ensure_token(&secrets)
-        .await
-        .context("creating the bootstrap token")?;
+    let ids = Arc::new(Identities::new(
+        IdentityMetrics::register(&registry)?,
+        Duration::from_secs(cli.node_cert_seconds.max(60)),
+        cli.bootstrap_burst,
+    ));
     let tls = identity::server_config(&ca, &cli.tls_sans)?;
 
     let config = Config {
@@ -163,15 +142,29 @@ async fn main() -> anyhow::Result<()> {
     ));
     let leases = tokio::spawn(lease::run(hub.clone()));
     let reports = tokio::spawn(report::run(hub.clone()));
+    let identities = tokio::spawn(records::run_watcher(hub.clone(), ids.clone()));
 
-    // Sessions are taken at once, before the caches are synced: a reconnecting node gets its
+    // Identity records first (up to 30 s): a reconnect storm after a restart is admitted from
+    // them, not by one GET each.
+    for _ in 0..300 {
+        if ids.is_synced() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !ids.is_synced() {
+        tracing::warn!(
+            "identity records not listed after 30 s; serving anyway (records read per session)"
+        );
+    }
+    // Sessions are taken then, before the caches are synced: a reconnecting node gets its
     // Lease renewed without waiting for the lists, and its syncs are evaluated as the
     // ObjectSync list streams in (objects not yet held are fetched).
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "edge listener up");
-    let serving = tokio::spawn(server::serve(listener, tls, hub.clone()));
+    let serving = tokio::spawn(server::serve(listener, tls, hub.clone(), ids));
     if !route::wait_ready(&hub, Duration::from_secs(60)).await {
         tracing::warn!("caches not synced after 60 s; ready anyway");
     }
@@ -195,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
     watchers.abort();
     leases.abort();
     reports.abort();
+    identities.abort();
     status.abort();
     http.wait().await?;
     Ok(())

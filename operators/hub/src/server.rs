@@ -1,8 +1,11 @@
 //! The TLS listener: HTTP/1.1 on every connection, two routes.
 //!
-//! - `POST /v1/bootstrap`: token + CSR → certificate (no client certificate needed).
+//! - `POST /v1/bootstrap`: join token + CSR → certificate, or 202 pending approval (no client
+//!   certificate needed); see [`crate::enroll`].
+//! - `POST /v1/renew`: the current client certificate + a CSR of the same key → a new one.
 //! - `GET /<projectID>/<node>/events` with a WebSocket upgrade: the client certificate's CN must
-//!   be the path's node and the `node_id` header (else 403); over capacity → 503 + Retry-After.
+//!   be the path's node and the `node_id` header, and its key the node's active identity (else
+//!   403); over capacity → 503 + Retry-After.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgefleet_channel::bootstrap::{
-    BOOTSTRAP_PATH, BootstrapRequest, BootstrapResponse, TOKEN_KEY, TOKEN_SECRET,
-};
+use edgefleet_channel::bootstrap::{BOOTSTRAP_PATH, BootstrapRequest, RENEW_PATH, RenewRequest};
 use edgefleet_channel::envelope::MAX_FRAME_BYTES;
 use edgefleet_channel::session::{HEADER_NODE_ID, parse_events_path};
 use http::{Method, Request, Response, StatusCode, header};
@@ -26,8 +27,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::hub::{Hub, secrets};
-use crate::identity::{check_session_identity, common_name};
+use crate::enroll::{self, Outcome};
+use crate::hub::Hub;
+use crate::identity::{PeerCert, check_session_identity, peer_cert};
+use crate::records::Identities;
 use crate::session;
 
 /// A TLS handshake plus the request head must complete within this.
@@ -53,7 +56,12 @@ pub fn websocket_config() -> WebSocketConfig {
 }
 
 /// Accepts connections until shutdown.
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    hub: Arc<Hub>,
+    ids: Arc<Identities>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -70,8 +78,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>)
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let hub = hub.clone();
+        let ids = ids.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(acceptor, tcp, peer, hub).await {
+            if let Err(e) = connection(acceptor, tcp, peer, hub, ids).await {
                 tracing::debug!(%peer, error = %e, "connection");
             }
         });
@@ -83,18 +92,20 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     hub: Arc<Hub>,
+    ids: Arc<Identities>,
 ) -> anyhow::Result<()> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
-    let cn = tls
+    let cert = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|c| common_name(c));
+        .and_then(|c| peer_cert(c));
     let service = hyper::service::service_fn(move |req| {
         let hub = hub.clone();
-        let cn = cn.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(hub, cn, peer, req).await) }
+        let ids = ids.clone();
+        let cert = cert.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(hub, ids, cert, peer, req).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .header_read_timeout(HANDSHAKE_TIMEOUT)
@@ -107,128 +118,158 @@ async fn connection(
 
 async fn route(
     hub: Arc<Hub>,
-    cn: Option<String>,
+    ids: Arc<Identities>,
+    cert: Option<PeerCert>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if req.method() == Method::POST && req.uri().path() == BOOTSTRAP_PATH {
-        return bootstrap(&hub, req).await;
+        return bootstrap(&hub, &ids, peer, req).await;
+    }
+    if req.method() == Method::POST && req.uri().path() == RENEW_PATH {
+        return renew(&hub, &ids, cert, req).await;
     }
     if req.method() == Method::GET
         && let Some((_project, node)) = parse_events_path(req.uri().path())
     {
         let node = node.to_string();
-        return upgrade(hub, cn, peer, node, req);
+        let cn = cert.as_ref().map(|c| c.cn.clone());
+        let header_node = req
+            .headers()
+            .get(HEADER_NODE_ID)
+            .and_then(|v| v.to_str().ok());
+        let checked =
+            check_session_identity(cn.as_deref(), header_node, &node).map_err(|r| r.label());
+        let admitted = match (checked, &cert) {
+            (Ok(()), Some(c)) => ids.admit(&hub, &node, &c.key).await.map_err(|g| g.label()),
+            (Ok(()), None) => Err("no_certificate"),
+            (Err(label), _) => Err(label),
+        };
+        if let Err(label) = admitted {
+            hub.metrics.refused.with_label_values(&[label]).inc();
+            tracing::info!(%peer, %node, cn = ?cn, reason = label, "session refused");
+            let status = if label == "identity_unavailable" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            return reply(status, format!("forbidden: {label}"));
+        }
+        return upgrade(hub, peer, node, req);
     }
     reply(StatusCode::NOT_FOUND, "not found")
 }
 
-async fn bootstrap(hub: &Hub, req: Request<Incoming>) -> Response<Body> {
-    let refuse = |reason: &str, status: StatusCode, text: String| {
-        hub.metrics.refused.with_label_values(&[reason]).inc();
-        reply(status, text)
-    };
-    let body = match Limited::new(req.into_body(), MAX_BOOTSTRAP_BODY)
+/// Reads a bounded JSON body.
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, String> {
+    let body = Limited::new(req.into_body(), MAX_BOOTSTRAP_BODY)
         .collect()
         .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return refuse(
-                "bootstrap_bad_request",
-                StatusCode::BAD_REQUEST,
-                "body too large or broken".into(),
-            );
-        }
-    };
-    let request: BootstrapRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                "bootstrap_bad_request",
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-            );
-        }
-    };
-    if !edgefleet_channel::resource::is_valid_name(&request.node_name) {
-        return refuse(
-            "bootstrap_bad_request",
-            StatusCode::BAD_REQUEST,
-            "invalid node name".into(),
+        .map_err(|_| "body too large or broken".to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+fn answer(outcome: Outcome) -> Response<Body> {
+    let json = |status, text: String| {
+        let mut r = reply(status, text);
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
         );
-    }
-    let token = match secrets(&hub.client, &hub.config.namespace)
-        .get_opt(TOKEN_SECRET)
-        .await
-    {
-        Ok(s) => s
-            .and_then(|s| s.data)
-            .and_then(|d| d.get(TOKEN_KEY).cloned())
-            .and_then(|b| String::from_utf8(b.0).ok()),
-        Err(e) => {
-            hub.metrics
-                .api_errors
-                .with_label_values(&["get_token"])
-                .inc();
-            tracing::warn!(error = %e, "reading the bootstrap token");
-            return reply(StatusCode::SERVICE_UNAVAILABLE, "token unavailable");
-        }
+        r
     };
-    let valid = token.as_deref().map(str::trim).is_some_and(|t| {
-        !t.is_empty() && constant_time_eq(t.as_bytes(), request.token.trim().as_bytes())
-    });
-    if !valid {
-        tracing::info!(node = %request.node_name, "bootstrap with a bad token");
-        return refuse("bad_token", StatusCode::UNAUTHORIZED, "bad token".into());
-    }
-    match hub.ca.sign_node_csr(&request.node_name, &request.csr) {
-        Ok(certificate) => {
-            tracing::info!(node = %request.node_name, "issued a node certificate");
-            let body = BootstrapResponse {
-                certificate,
-                ca: hub.ca.cert_pem.clone(),
-            };
-            let mut r = reply(
-                StatusCode::OK,
-                serde_json::to_string(&body).unwrap_or_default(),
-            );
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+    match outcome {
+        Outcome::Issued(body) => json(
+            StatusCode::OK,
+            serde_json::to_string(&body).unwrap_or_default(),
+        ),
+        Outcome::Pending(body) => json(
+            StatusCode::ACCEPTED,
+            serde_json::to_string(&body).unwrap_or_default(),
+        ),
+        Outcome::Refused {
+            status, message, ..
+        } => {
+            let mut r = reply(status, message);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, http::HeaderValue::from_static("30"));
+            }
             r
         }
-        Err(e) => refuse("bootstrap_bad_csr", StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+async fn bootstrap(
+    hub: &Hub,
+    ids: &Identities,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let outcome = match json_body::<BootstrapRequest>(req).await {
+        Ok(request) => {
+            let outcome = enroll::bootstrap(hub, ids, peer.ip(), &request).await;
+            if !matches!(outcome, Outcome::Issued(_)) {
+                tracing::info!(%peer, node = %request.node_name, outcome = outcome.label(),
+                    "bootstrap not issued");
+            }
+            outcome
+        }
+        Err(message) => Outcome::Refused {
+            status: StatusCode::BAD_REQUEST,
+            outcome: "bad_request",
+            message,
+        },
+    };
+    ids.metrics
+        .bootstrap
+        .with_label_values(&[outcome.label()])
+        .inc();
+    answer(outcome)
+}
+
+async fn renew(
+    hub: &Hub,
+    ids: &Identities,
+    cert: Option<PeerCert>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let outcome = match cert {
+        None => Outcome::Refused {
+            status: StatusCode::UNAUTHORIZED,
+            outcome: "refused",
+            message: "renewal needs the current client certificate".into(),
+        },
+        Some(cert) => match ids.admit(hub, &cert.cn, &cert.key).await {
+            Err(gate) => Outcome::Refused {
+                status: StatusCode::FORBIDDEN,
+                outcome: "refused",
+                message: gate.label().into(),
+            },
+            Ok(()) => match json_body::<RenewRequest>(req).await {
+                Ok(request) => enroll::renew(hub, ids, &cert, &request).await,
+                Err(message) => Outcome::Refused {
+                    status: StatusCode::BAD_REQUEST,
+                    outcome: "refused",
+                    message,
+                },
+            },
+        },
+    };
+    ids.metrics
+        .renewals
+        .with_label_values(&[outcome.label()])
+        .inc();
+    answer(outcome)
 }
 
 fn upgrade(
     hub: Arc<Hub>,
-    cn: Option<String>,
     peer: SocketAddr,
     node: String,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let header_node = req
-        .headers()
-        .get(HEADER_NODE_ID)
-        .and_then(|v| v.to_str().ok());
-    if let Err(refusal) = check_session_identity(cn.as_deref(), header_node, &node) {
-        hub.metrics
-            .refused
-            .with_label_values(&[refusal.label()])
-            .inc();
-        tracing::info!(%peer, %node, cn = ?cn, reason = refusal.label(), "session refused");
-        return reply(
-            StatusCode::FORBIDDEN,
-            format!("forbidden: {}", refusal.label()),
-        );
-    }
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -296,16 +337,4 @@ fn upgrade(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
 }

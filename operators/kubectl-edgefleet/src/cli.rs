@@ -42,6 +42,70 @@ pub enum Command {
     /// Hub replicas: sessions per replica and balance.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Join tokens for edge nodes: create (scoped to a node or a group, expiring), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Edge node identities: list, revoke (a stolen box).
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// Token and node commands work in the hub's namespace: `-n`, else `edgefleet-system`.
+pub const DEFAULT_HUB_NAMESPACE: &str = "edgefleet-system";
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it once: `<ca-pin>.<token-id>.<token-secret>`.
+    Create(TokenCreateArgs),
+    /// The join tokens: id, scope, expiry, the nodes that used them.
+    List(ListArgs),
+    /// Delete a join token: no further bootstrap with it (issued certificates stay valid).
+    Revoke(TokenIdArg),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["node", "group"])))]
+pub struct TokenCreateArgs {
+    /// The one node name this token may bootstrap.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The group it may bootstrap: `<label>=<value>` of the Node objects
+    /// (a bare value means `topology.edgefleet.io/station=<value>`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Lifetime: `90m`, `24h`, `7d`.
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+    /// Free text kept with the token.
+    #[arg(long, default_value = "")]
+    pub description: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenIdArg {
+    /// The token id (the 6 characters after the CA pin).
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Node identities: state (active, revoked), key, expiry, the token that issued them.
+    List(ListArgs),
+    /// Revoke a node's identity: its sessions close on every hub replica, its certificate is
+    /// refused, and a new bootstrap of the name waits for `kubectl certificate approve`.
+    Revoke(NodeArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArg {
+    /// The node's name.
+    pub node: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

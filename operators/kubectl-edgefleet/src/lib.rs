@@ -6,6 +6,8 @@
 //! - `rollout pause|resume|approve|abort|rollback JOB`: merge patches of the job's spec.
 //! - `sync status NODE`: what an edge node has acknowledged, and what is pending.
 //! - `hub status`: the hub replicas' load reports, the expected share of each, the balance.
+//! - `token create|list|revoke`: scoped, expiring join tokens for edge nodes.
+//! - `node list|revoke`: edge node identities; revoking one closes its sessions everywhere.
 //!
 //! Rendering is pure (`render` functions over fixtures, unit-tested); the modules' `run`
 //! functions fetch and print.
@@ -13,6 +15,7 @@
 pub mod cli;
 pub mod error;
 pub mod hub;
+pub mod identity;
 pub mod kube_ctx;
 pub mod rollout;
 pub mod sync;
@@ -40,6 +43,8 @@ pub async fn run(cli: cli::Cli) -> Result<u8> {
         cli::Command::Rollout(cmd) => rollout::run(&ctx, cmd).await,
         cli::Command::Sync(cli::SyncCommand::Status(args)) => sync::run(&ctx, args).await,
         cli::Command::Hub(cli::HubCommand::Status(args)) => hub::run(&ctx, args).await,
+        cli::Command::Token(cmd) => identity::token(&ctx, cmd).await,
+        cli::Command::Node(cmd) => identity::node(&ctx, cmd).await,
     }
 }
 
