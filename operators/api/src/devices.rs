@@ -898,7 +898,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Model", "Node", "State", "Valid", "Synced", "Online", "Age"]);
+        assert_eq!(
+            columns,
+            ["Model", "Node", "State", "Valid", "Synced", "Online", "Age"]
+        );
         let schema = schema_of(&crd);
         assert_structural("Device", &schema);
 

@@ -26,8 +26,12 @@ pub async fn annotate(api: &Api<Device>, name: &str, generation: &str) -> Result
         "kind": "Device",
         "metadata": {"name": name, "annotations": annotation_body(generation)},
     });
-    api.patch(name, &edgefleet_kit::apply_params(OPERATOR), &Patch::Apply(&body))
-        .await?;
+    api.patch(
+        name,
+        &edgefleet_kit::apply_params(OPERATOR),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -43,8 +47,12 @@ pub async fn set_finalizer(api: &Api<DeviceModel>, name: &str, hold: bool) -> Re
         "kind": "DeviceModel",
         "metadata": metadata,
     });
-    api.patch(name, &edgefleet_kit::apply_params(OPERATOR), &Patch::Apply(&body))
-        .await?;
+    api.patch(
+        name,
+        &edgefleet_kit::apply_params(OPERATOR),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 

@@ -344,7 +344,10 @@ impl Worker {
                 let repeat = lock(&self.shared.warned).get(&work) == Some(&w.message);
                 if !repeat {
                     act::warn(&self.recorder, "Device", &key.0, &key.1, device.uid(), w).await;
-                    self.device_metrics.warnings.with_label_values(&[&w.reason]).inc();
+                    self.device_metrics
+                        .warnings
+                        .with_label_values(&[&w.reason])
+                        .inc();
                     lock(&self.shared.warned).insert(work.clone(), w.message.clone());
                 }
             }
@@ -356,7 +359,10 @@ impl Worker {
         // Last: once the annotation shows, this reconcile's status and event are done.
         if let Some(generation) = &plan.annotate {
             act::annotate(&api, &key.1, generation).await?;
-            if device.annotations().contains_key(MODEL_GENERATION_ANNOTATION) {
+            if device
+                .annotations()
+                .contains_key(MODEL_GENERATION_ANNOTATION)
+            {
                 self.device_metrics.redeliveries.inc();
                 tracing::info!(device = %key.1, model_generation = %generation, "model changed; device re-delivered");
             }
@@ -408,8 +414,19 @@ impl Worker {
         if let Some(w) = &plan.in_use {
             let repeat = lock(&self.shared.warned).get(&work) == Some(&w.message);
             if !repeat {
-                act::warn(&self.recorder, "DeviceModel", &key.0, &key.1, model.uid(), w).await;
-                self.device_metrics.warnings.with_label_values(&[&w.reason]).inc();
+                act::warn(
+                    &self.recorder,
+                    "DeviceModel",
+                    &key.0,
+                    &key.1,
+                    model.uid(),
+                    w,
+                )
+                .await;
+                self.device_metrics
+                    .warnings
+                    .with_label_values(&[&w.reason])
+                    .inc();
                 lock(&self.shared.warned).insert(work, w.message.clone());
             }
         }

@@ -65,14 +65,19 @@ impl Index {
         let old_model = old.as_ref().map(model_key_of);
         let old_node = old.as_ref().and_then(|d| d.node_name().map(str::to_owned));
         let new_model = device.as_ref().map(model_key_of);
-        let new_node = device.as_ref().and_then(|d| d.node_name().map(str::to_owned));
+        let new_node = device
+            .as_ref()
+            .and_then(|d| d.node_name().map(str::to_owned));
         if old_model != new_model {
             if let Some(m) = old_model {
                 remove_from(&mut self.by_model, &m, &key.1);
                 work.push(Work::Model(m));
             }
             if let Some(m) = new_model.clone() {
-                self.by_model.entry(m.clone()).or_default().insert(key.1.clone());
+                self.by_model
+                    .entry(m.clone())
+                    .or_default()
+                    .insert(key.1.clone());
                 work.push(Work::Model(m));
             }
         }
@@ -272,9 +277,15 @@ mod tests {
         let mut index = Index::new();
         index.set_device(key("a"), Some(device("a", "m", "n1")));
         index.set_device(key("b"), Some(device("b", "m", "n2")));
-        assert_eq!(index.set_node("n1", Some(true)), vec![Work::Device(key("a"))]);
+        assert_eq!(
+            index.set_node("n1", Some(true)),
+            vec![Work::Device(key("a"))]
+        );
         assert!(index.set_node("n1", Some(true)).is_empty(), "no change");
-        assert_eq!(index.set_node("n1", Some(false)), vec![Work::Device(key("a"))]);
+        assert_eq!(
+            index.set_node("n1", Some(false)),
+            vec![Work::Device(key("a"))]
+        );
         assert_eq!(index.session("n1"), Some(false));
         // The device moves to n2: n1's changes no longer reach it.
         index.set_device(key("a"), Some(device("a", "m", "n2")));

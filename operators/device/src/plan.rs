@@ -126,10 +126,37 @@ pub fn plan_device(
     let (os, or, om) = sync::online(device, session);
 
     let mut conditions = current.conditions.clone();
-    let before = conditions.iter().find(|c| c.type_ == CONDITION_VALID).cloned();
-    set_condition(&mut conditions, CONDITION_VALID, valid, reason, &message, generation, now);
-    set_condition(&mut conditions, CONDITION_TWIN_SYNCED, status_of(ts), tr, &tm, generation, now);
-    set_condition(&mut conditions, CONDITION_ONLINE, status_of(os), or, &om, generation, now);
+    let before = conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_VALID)
+        .cloned();
+    set_condition(
+        &mut conditions,
+        CONDITION_VALID,
+        valid,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        CONDITION_TWIN_SYNCED,
+        status_of(ts),
+        tr,
+        &tm,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        CONDITION_ONLINE,
+        status_of(os),
+        or,
+        &om,
+        generation,
+        now,
+    );
 
     let warning = match (&validity, before) {
         (Validity::Invalid(_), Some(b)) if b.status == "False" && b.message == message => None,
@@ -177,7 +204,10 @@ const LISTED: usize = 10;
 
 /// Plans one DeviceModel from the names of the Devices that reference it.
 pub fn plan_model(model: &DeviceModel, users: &[String]) -> ModelPlan {
-    let has = model.finalizers().iter().any(|f| f == MODEL_IN_USE_FINALIZER);
+    let has = model
+        .finalizers()
+        .iter()
+        .any(|f| f == MODEL_IN_USE_FINALIZER);
     let deleting = model.metadata.deletion_timestamp.is_some();
     let finalizer = match (users.is_empty(), has) {
         (true, true) => Some(false),
@@ -277,14 +307,25 @@ mod tests {
         assert_eq!(again.annotate, None);
         // Another problem: a new warning.
         let mut d2 = d.clone();
-        d2.spec.properties.as_mut().unwrap()[0].desired.as_mut().unwrap().value = "x".into();
+        d2.spec.properties.as_mut().unwrap()[0]
+            .desired
+            .as_mut()
+            .unwrap()
+            .value = "x".into();
         assert_eq!(
-            plan_device(&d2, Some(&m), Some(true), now, staleness()).warning.unwrap().reason,
+            plan_device(&d2, Some(&m), Some(true), now, staleness())
+                .warning
+                .unwrap()
+                .reason,
             "InvalidValue"
         );
         // Fixed: Valid true, no warning.
         let mut d3 = d.clone();
-        d3.spec.properties.as_mut().unwrap()[0].desired.as_mut().unwrap().value = "20".into();
+        d3.spec.properties.as_mut().unwrap()[0]
+            .desired
+            .as_mut()
+            .unwrap()
+            .value = "20".into();
         let fixed = plan_device(&d3, Some(&m), Some(true), now, staleness());
         assert!(fixed.valid);
         assert_eq!(fixed.warning, None);
@@ -295,11 +336,26 @@ mod tests {
     fn a_model_spec_change_reannotates() {
         let now = Timestamp::now();
         let d = device("20");
-        let first = plan_device(&d, Some(&model(1, &[], false)), Some(true), now, staleness());
+        let first = plan_device(
+            &d,
+            Some(&model(1, &[], false)),
+            Some(true),
+            now,
+            staleness(),
+        );
         let d = written(d, &first);
-        let after = plan_device(&d, Some(&model(2, &[], false)), Some(true), now, staleness());
+        let after = plan_device(
+            &d,
+            Some(&model(2, &[], false)),
+            Some(true),
+            now,
+            staleness(),
+        );
         assert_eq!(after.annotate.as_deref(), Some("2"));
-        assert_eq!(plan_device(&d, None, Some(true), now, staleness()).annotate, None);
+        assert_eq!(
+            plan_device(&d, None, Some(true), now, staleness()).annotate,
+            None
+        );
     }
 
     #[test]

@@ -69,16 +69,20 @@ pub fn property_sync(device: &Device, now: Timestamp, staleness: Staleness) -> S
         };
         let twin = twins.iter().find(|t| t.property_name == property.name);
         let before = previous.iter().find(|p| p.property_name == property.name);
-        let reported = twin.and_then(|t| t.reported.as_ref()).map(|r| r.value.as_str());
+        let reported = twin
+            .and_then(|t| t.reported.as_ref())
+            .map(|r| r.value.as_str());
         let observed = twin
             .and_then(|t| t.observed_desired.as_ref())
             .map(|r| r.value.as_str());
         let cycle = property
             .report_cycle
             .and_then(|ms| u64::try_from(ms).ok())
-            .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.saturating_mul(3)));
-        let stale_after = SignedDuration::try_from(cycle.max(staleness.floor))
-            .unwrap_or(SignedDuration::MAX);
+            .map_or(Duration::ZERO, |ms| {
+                Duration::from_millis(ms.saturating_mul(3))
+            });
+        let stale_after =
+            SignedDuration::try_from(cycle.max(staleness.floor)).unwrap_or(SignedDuration::MAX);
         let stale_at = twin
             .and_then(reported_at)
             .and_then(|at| at.checked_add(stale_after).ok());
@@ -223,7 +227,10 @@ pub fn online(device: &Device, session: SessionUp) -> (&'static str, &'static st
         .and_then(|s| s.last_online_time.as_deref())
         .filter(|t| !t.is_empty());
     let since = last.map_or(String::new(), |t| format!(", last online {t}"));
-    match status.and_then(|s| s.state.as_deref()).filter(|s| !s.is_empty()) {
+    match status
+        .and_then(|s| s.state.as_deref())
+        .filter(|s| !s.is_empty())
+    {
         None => (
             "Unknown",
             "NotReported",
@@ -311,23 +318,104 @@ mod tests {
             bool,
         )> = vec![
             ("no twin yet", "20", None, None, Pending, false),
-            ("acked, nothing reported", "20", Some((None, Some("20"), 0)), None, Pending, false),
-            ("reported desired", "20", Some((Some("20"), Some("20"), 5)), None, InSync, false),
-            ("in sync stays, time kept", "20", Some((Some("20"), Some("20"), 5)), Some(("InSync", 300)), InSync, true),
-            ("desired changed: pending", "25", Some((Some("20"), Some("20"), 5)), Some(("InSync", 300)), Pending, false),
-            ("mapper acked, not reached yet", "25", Some((Some("20"), Some("25"), 5)), Some(("Pending", 10)), Pending, true),
-            ("reached then moved: drifted", "25", Some((Some("24"), Some("25"), 5)), Some(("InSync", 300)), Drifted, false),
-            ("drifted stays drifted", "25", Some((Some("23"), Some("25"), 5)), Some(("Drifted", 60)), Drifted, true),
-            ("drifted back in sync", "25", Some((Some("25"), Some("25"), 5)), Some(("Drifted", 60)), InSync, false),
+            (
+                "acked, nothing reported",
+                "20",
+                Some((None, Some("20"), 0)),
+                None,
+                Pending,
+                false,
+            ),
+            (
+                "reported desired",
+                "20",
+                Some((Some("20"), Some("20"), 5)),
+                None,
+                InSync,
+                false,
+            ),
+            (
+                "in sync stays, time kept",
+                "20",
+                Some((Some("20"), Some("20"), 5)),
+                Some(("InSync", 300)),
+                InSync,
+                true,
+            ),
+            (
+                "desired changed: pending",
+                "25",
+                Some((Some("20"), Some("20"), 5)),
+                Some(("InSync", 300)),
+                Pending,
+                false,
+            ),
+            (
+                "mapper acked, not reached yet",
+                "25",
+                Some((Some("20"), Some("25"), 5)),
+                Some(("Pending", 10)),
+                Pending,
+                true,
+            ),
+            (
+                "reached then moved: drifted",
+                "25",
+                Some((Some("24"), Some("25"), 5)),
+                Some(("InSync", 300)),
+                Drifted,
+                false,
+            ),
+            (
+                "drifted stays drifted",
+                "25",
+                Some((Some("23"), Some("25"), 5)),
+                Some(("Drifted", 60)),
+                Drifted,
+                true,
+            ),
+            (
+                "drifted back in sync",
+                "25",
+                Some((Some("25"), Some("25"), 5)),
+                Some(("Drifted", 60)),
+                InSync,
+                false,
+            ),
             // 3 × 30 s report cycle = 90 s > the 60 s floor.
-            ("report 80 s old is fresh", "20", Some((Some("20"), Some("20"), 80)), Some(("InSync", 300)), InSync, true),
-            ("report 91 s old is stale", "20", Some((Some("20"), Some("20"), 91)), Some(("InSync", 300)), Stale, false),
-            ("stale, then a fresh report", "20", Some((Some("20"), Some("20"), 1)), Some(("Stale", 30)), InSync, false),
+            (
+                "report 80 s old is fresh",
+                "20",
+                Some((Some("20"), Some("20"), 80)),
+                Some(("InSync", 300)),
+                InSync,
+                true,
+            ),
+            (
+                "report 91 s old is stale",
+                "20",
+                Some((Some("20"), Some("20"), 91)),
+                Some(("InSync", 300)),
+                Stale,
+                false,
+            ),
+            (
+                "stale, then a fresh report",
+                "20",
+                Some((Some("20"), Some("20"), 1)),
+                Some(("Stale", 30)),
+                InSync,
+                false,
+            ),
         ];
         for (name, desired, twin, before, expected, kept) in cases {
             let d = device(desired, twin, before);
             let out = property_sync(&d, now(), staleness());
-            assert_eq!(out.properties.len(), 1, "{name}: only desired properties are tracked");
+            assert_eq!(
+                out.properties.len(),
+                1,
+                "{name}: only desired properties are tracked"
+            );
             let p = &out.properties[0];
             assert_eq!(p.state, expected, "{name}");
             let before_time = before

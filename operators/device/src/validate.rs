@@ -64,10 +64,7 @@ impl Validity {
     /// `(reason, message)` of the `Valid` condition.
     pub fn reason_and_message(&self, model: &str) -> (&'static str, String) {
         match self {
-            Validity::Valid => (
-                REASON_VALID,
-                format!("consistent with DeviceModel {model}"),
-            ),
+            Validity::Valid => (REASON_VALID, format!("consistent with DeviceModel {model}")),
             Validity::Invalid(problems) => {
                 let reason = problems.first().map_or(REASON_VALID, |p| p.reason);
                 let message = problems
@@ -285,80 +282,153 @@ mod tests {
         let cases: Vec<(&str, &str, serde_json::Value, Validity)> = vec![
             ("int ok", "modbus", json!([desired("int", "42")]), Valid),
             ("int signed", "modbus", json!([desired("int", "-7")]), Valid),
-            ("float ok", "modbus", json!([desired("float", "21.5")]), Valid),
-            ("double exp", "modbus", json!([desired("double", "1e1")]), Valid),
-            ("string any", "modbus", json!([desired("string", "x y")]), Valid),
+            (
+                "float ok",
+                "modbus",
+                json!([desired("float", "21.5")]),
+                Valid,
+            ),
+            (
+                "double exp",
+                "modbus",
+                json!([desired("double", "1e1")]),
+                Valid,
+            ),
+            (
+                "string any",
+                "modbus",
+                json!([desired("string", "x y")]),
+                Valid,
+            ),
             ("bool go", "modbus", json!([desired("bool", "T")]), Valid),
-            ("bytes any", "modbus", json!([desired("bytes", "\u{1}ab")]), Valid),
-            ("untyped any", "modbus", json!([desired("untyped", "?")]), Valid),
-            ("empty desired on ro", "modbus", json!([desired("temperature", "")]), Valid),
-            ("no desired on ro", "modbus", json!([{"name": "temperature"}]), Valid),
-            ("no device protocol", "", json!([desired("int", "1")]), Valid),
+            (
+                "bytes any",
+                "modbus",
+                json!([desired("bytes", "\u{1}ab")]),
+                Valid,
+            ),
+            (
+                "untyped any",
+                "modbus",
+                json!([desired("untyped", "?")]),
+                Valid,
+            ),
+            (
+                "empty desired on ro",
+                "modbus",
+                json!([desired("temperature", "")]),
+                Valid,
+            ),
+            (
+                "no desired on ro",
+                "modbus",
+                json!([{"name": "temperature"}]),
+                Valid,
+            ),
+            (
+                "no device protocol",
+                "",
+                json!([desired("int", "1")]),
+                Valid,
+            ),
             (
                 "int not a number",
                 "modbus",
                 json!([desired("int", "4.5")]),
-                invalid(REASON_INVALID_VALUE, "property int: desired value \"4.5\" is not an INT (64-bit integer)"),
+                invalid(
+                    REASON_INVALID_VALUE,
+                    "property int: desired value \"4.5\" is not an INT (64-bit integer)",
+                ),
             ),
             (
                 "float overflow",
                 "modbus",
                 json!([desired("float", "1e40")]),
-                invalid(REASON_INVALID_VALUE, "property float: desired value \"1e40\" is not a FLOAT (finite 32-bit number)"),
+                invalid(
+                    REASON_INVALID_VALUE,
+                    "property float: desired value \"1e40\" is not a FLOAT (finite 32-bit number)",
+                ),
             ),
             (
                 "double nan",
                 "modbus",
                 json!([desired("double", "NaN")]),
-                invalid(REASON_INVALID_VALUE, "property double: desired value \"NaN\" is not a DOUBLE (finite number)"),
+                invalid(
+                    REASON_INVALID_VALUE,
+                    "property double: desired value \"NaN\" is not a DOUBLE (finite number)",
+                ),
             ),
             (
                 "bool yes",
                 "modbus",
                 json!([desired("bool", "yes")]),
-                invalid(REASON_INVALID_VALUE, "property bool: desired value \"yes\" is not a BOOLEAN (true or false)"),
+                invalid(
+                    REASON_INVALID_VALUE,
+                    "property bool: desired value \"yes\" is not a BOOLEAN (true or false)",
+                ),
             ),
             (
                 "stream value",
                 "modbus",
                 json!([desired("stream", "x")]),
-                invalid(REASON_INVALID_VALUE, "property stream: desired value \"x\" is not allowed: a STREAM property takes no desired value"),
+                invalid(
+                    REASON_INVALID_VALUE,
+                    "property stream: desired value \"x\" is not allowed: a STREAM property takes no desired value",
+                ),
             ),
             (
                 "below min",
                 "modbus",
                 json!([desired("int", "-11")]),
-                invalid(REASON_OUT_OF_RANGE, "property int: desired value -11 is below the minimum -10"),
+                invalid(
+                    REASON_OUT_OF_RANGE,
+                    "property int: desired value -11 is below the minimum -10",
+                ),
             ),
             (
                 "above max",
                 "modbus",
                 json!([desired("double", "100.5")]),
-                invalid(REASON_OUT_OF_RANGE, "property double: desired value 100.5 is above the maximum 100"),
+                invalid(
+                    REASON_OUT_OF_RANGE,
+                    "property double: desired value 100.5 is above the maximum 100",
+                ),
             ),
             (
                 "read only",
                 "modbus",
                 json!([desired("temperature", "5")]),
-                invalid(REASON_READ_ONLY, "property temperature is ReadOnly in the model: it takes no desired value"),
+                invalid(
+                    REASON_READ_ONLY,
+                    "property temperature is ReadOnly in the model: it takes no desired value",
+                ),
             ),
             (
                 "unknown property",
                 "modbus",
                 json!([{"name": "humidity"}]),
-                invalid(REASON_UNKNOWN_PROPERTY, "property humidity is not declared by DeviceModel thermo"),
+                invalid(
+                    REASON_UNKNOWN_PROPERTY,
+                    "property humidity is not declared by DeviceModel thermo",
+                ),
             ),
             (
                 "protocol mismatch",
                 "opcua",
                 json!([]),
-                invalid(REASON_PROTOCOL_MISMATCH, "protocol \"opcua\" differs from DeviceModel thermo's \"modbus\""),
+                invalid(
+                    REASON_PROTOCOL_MISMATCH,
+                    "protocol \"opcua\" differs from DeviceModel thermo's \"modbus\"",
+                ),
             ),
             (
                 "visitor protocol mismatch",
                 "modbus",
                 json!([{"name": "int", "visitors": {"protocolName": "bluetooth"}}]),
-                invalid(REASON_PROTOCOL_MISMATCH, "property int: visitor protocol \"bluetooth\" differs from the device's \"modbus\""),
+                invalid(
+                    REASON_PROTOCOL_MISMATCH,
+                    "property int: visitor protocol \"bluetooth\" differs from the device's \"modbus\"",
+                ),
             ),
         ];
         let model = the_model();
@@ -394,7 +464,10 @@ mod tests {
         );
         assert_eq!(
             Validity::Valid.reason_and_message("thermo"),
-            (REASON_VALID, "consistent with DeviceModel thermo".to_owned())
+            (
+                REASON_VALID,
+                "consistent with DeviceModel thermo".to_owned()
+            )
         );
     }
 
@@ -402,7 +475,10 @@ mod tests {
     fn non_numeric_bounds_are_ignored() {
         let model = model(json!([{"name": "int", "type": "INT", "minimum": "low"}]));
         assert_eq!(
-            validate(&device("modbus", json!([desired("int", "-99")])), Some(&model)),
+            validate(
+                &device("modbus", json!([desired("int", "-99")])),
+                Some(&model)
+            ),
             Validity::Valid
         );
     }
