@@ -305,18 +305,22 @@ mod tests {
         .unwrap()
     }
 
+    /// (case, desired, twin (reported, observedDesired, age s), before (state, ago s), expected
+    /// state, kept the previous time?)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<(Option<&'a str>, Option<&'a str>, i64)>,
+        Option<(&'a str, i64)>,
+        PropertySyncState,
+        bool,
+    );
+
     #[test]
     fn state_transitions() {
         use PropertySyncState::*;
         // (case, desired, twin, before, expected state, kept the previous time?)
-        let cases: Vec<(
-            &str,
-            &str,
-            Option<(Option<&str>, Option<&str>, i64)>,
-            Option<(&str, i64)>,
-            PropertySyncState,
-            bool,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             ("no twin yet", "20", None, None, Pending, false),
             (
                 "acked, nothing reported",

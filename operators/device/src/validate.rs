@@ -161,9 +161,7 @@ fn check_desired(property: &DeviceProperty, declared: &ModelProperty) -> Option<
             message: format!("property {name} is ReadOnly in the model: it takes no desired value"),
         });
     }
-    let Some(type_) = declared.type_ else {
-        return None;
-    };
+    let type_ = declared.type_?;
     let number = match parse_value(type_, value) {
         Ok(number) => number,
         Err(expected) => {
