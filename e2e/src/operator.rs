@@ -37,6 +37,10 @@ pub async fn install_chart() -> Result<()> {
                     "operators.hub.replicas=0",
                     "--set",
                     "operators.objectsync.replicas=0",
+                    "--set",
+                    "operators.device.enabled=true",
+                    "--set",
+                    "operators.device.replicas=0",
                     "--wait",
                     "--timeout",
                     "60s",
@@ -193,7 +197,7 @@ impl Operator {
             .env("KUBECONFIG", &self.kubeconfig)
             .env(
                 "RUST_LOG",
-                "info,edgefleet_rollout=debug,edgefleet_hub=debug,edgefleet_objectsync=debug",
+                "info,edgefleet_rollout=debug,edgefleet_hub=debug,edgefleet_objectsync=debug,edgefleet_device=debug",
             )
             .args(self.extra_args.iter())
             .args([

@@ -5,6 +5,7 @@ mod agent;
 mod channel;
 mod chart;
 mod crds;
+mod device;
 mod gitops;
 mod helm;
 mod hostile;

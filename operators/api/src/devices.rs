@@ -7,7 +7,8 @@
 //! reading and writing an object back never invents a field.
 //!
 //! edgefleet adds only optional status fields KubeEdge clients ignore: `observedGeneration`,
-//! `conditions` (`Valid`, `TwinSynced`, `Online`) and `propertySync` (per-property sync state).
+//! `conditions` (`Valid`, `TwinSynced`, `Online`), `propertySync` (per-property sync state) and
+//! `syncedProperties` (`x/y`, for `kubectl get`).
 //!
 //! The schema rejects what is wrong within one object: unknown property types and access modes,
 //! duplicate property or method names, `minimum` above `maximum`, negative cycles, a Device
@@ -204,7 +205,9 @@ pub enum PropertyAccessMode {
     printcolumn = r#"{"name": "Model", "type": "string", "jsonPath": ".spec.deviceModelRef.name"}"#,
     printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"}"#,
     printcolumn = r#"{"name": "State", "type": "string", "jsonPath": ".status.state"}"#,
-    printcolumn = r#"{"name": "TwinSynced", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"TwinSynced\")].status", "description": "Whether every reported value matches its desired value"}"#,
+    printcolumn = r#"{"name": "Valid", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Valid\")].status", "description": "Whether the device is consistent with its model"}"#,
+    printcolumn = r#"{"name": "Synced", "type": "string", "jsonPath": ".status.syncedProperties", "description": "Properties whose reported value matches the desired one, of those with a desired value"}"#,
+    printcolumn = r#"{"name": "Online", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Online\")].status", "description": "Reported online and the node's edge session up"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -648,6 +651,10 @@ pub struct DeviceStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Option<Vec<Condition>>,
 
+    /// `<in sync>/<with a desired value>` properties, for `kubectl get` (edgefleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_properties: Option<String>,
+
     /// Sync state of each property that has a desired value (edgefleet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["propertyName".into()]))]
@@ -891,7 +898,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Model", "Node", "State", "TwinSynced", "Age"]);
+        assert_eq!(
+            columns,
+            ["Model", "Node", "State", "Valid", "Synced", "Online", "Age"]
+        );
         let schema = schema_of(&crd);
         assert_structural("Device", &schema);
 
