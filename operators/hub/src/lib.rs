@@ -10,6 +10,7 @@
 //! | [`lease`] | node Leases of connected nodes: one write each, earliest first, own budget |
 //! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
 //! | [`report`] | the load report ConfigMap |
+//! | [`release`] | carrying out the balancer's release order: out of rotation, close, back |
 //! | [`hub`] | shared state: config, session registry, metrics |
 //! | [`status`] | the coalescing, bounded status board and the writer that drains it |
 //! | [`cache`] | reflector stores and the UID → nodes index (data only) |
@@ -26,6 +27,7 @@ pub mod identity;
 pub mod lease;
 pub mod metrics;
 pub mod queue;
+pub mod release;
 pub mod report;
 pub mod route;
 pub mod server;
