@@ -37,6 +37,8 @@ pub async fn install_chart() -> Result<()> {
                     "operators.hub.replicas=0",
                     "--set",
                     "operators.objectsync.replicas=0",
+                    "--set",
+                    "operators.balancer.replicas=0",
                     "--wait",
                     "--timeout",
                     "60s",
