@@ -481,12 +481,16 @@ mod tests {
         );
         assert_eq!(r.timestamp, Some(t(95)));
         // The balancer's JSON order: in flight until the hub marks it done.
-        let order = r#"{"id":"o1","podUID":"u","release":45,"keep":600,"issuedAt":"x","expiresAt":"y"}"#;
+        let order =
+            r#"{"id":"o1","podUID":"u","release":45,"keep":600,"issuedAt":"x","expiresAt":"y"}"#;
         let mut cm2 = cm.clone();
         let data = cm2.data.as_mut().unwrap();
         data.insert("releaseOrder".into(), order.into());
         assert_eq!(parse_report(&cm2).release_order, 45);
-        cm2.data.as_mut().unwrap().insert("releaseDone".into(), "o1".into());
+        cm2.data
+            .as_mut()
+            .unwrap()
+            .insert("releaseDone".into(), "o1".into());
         assert_eq!(parse_report(&cm2).release_order, 0);
         let b = balance(
             vec![r, report("hub-1", 400, 1000, 98)],
