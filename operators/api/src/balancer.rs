@@ -158,11 +158,12 @@ pub struct HubBalancerStatus {
 fn default_tolerance_percent() -> i32 {
     10
 }
-/// 60 s. A released agent is back, and counted, within: the hub's release window (10 s) + the
-/// agent's back-off after close 4000 (hint 10 s ± 50 %, then hint + up to the hint again: ≤ 30 s)
-/// + one report interval (5 s) = 45 s; an upstream edgecore, which comes back after exactly
-/// 30 s, needs 10 + 30 + 5 = 45 s too. 60 s leaves 15 s for a loaded API server; a shorter period
-/// would look before the released sessions are back and release twice (EMQX waits 60 s too).
+/// 60 s. A released agent is back, and counted, within the hub's release window (10 s), plus
+/// the agent's back-off after close 4000 (hint 10 s ± 50 %, then hint plus up to the hint
+/// again: at most 30 s), plus one report interval (5 s): 45 s. An upstream edgecore, which
+/// comes back after exactly 30 s, needs 10 + 30 + 5 = 45 s too. 60 s leaves 15 s for a loaded
+/// API server; a shorter period would look before the released sessions are back and release
+/// twice (EMQX waits 60 s too).
 fn default_observation_period() -> i64 {
     60
 }
