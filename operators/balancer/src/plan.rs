@@ -475,7 +475,9 @@ mod tests {
         replaced.pod_uid = Some("uid-old".into());
         let mut no_uid = report("a", 3000, 1);
         no_uid.pod_uid = None;
-        let cases: Vec<(Report, Option<(String, HubPod)>, Ignored)> = vec![
+        // (the report, a pod replacing the default one, why the report is ignored)
+        type Case = (Report, Option<(String, HubPod)>, Ignored);
+        let cases: Vec<Case> = vec![
             (stale, None, Ignored::Stale { age_seconds: 31 }),
             (untimed, None, Ignored::NoTimestamp),
             (

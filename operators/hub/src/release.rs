@@ -184,11 +184,8 @@ impl Releaser {
             {
                 break;
             }
-            if !hub
-                .registry
-                .get(&s.node)
-                .is_some_and(|live| live.id == s.id)
-            {
+            // Ended, or replaced by a newer session of the node, since the snapshot.
+            if hub.registry.get(&s.node).is_none_or(|live| live.id != s.id) {
                 continue;
             }
             s.request_close(CLOSE_RECONNECT, reconnect_reason(hub.jittered_retry()));
