@@ -10,7 +10,7 @@
 
 # Binaries shipped in the image (cargo --bin names).
 # edge-agent and kubectl-edgefleet join this list when they land.
-ARG BINARIES="edgefleet-rollout edgefleet-objectsync edgefleet-device edgefleet-hub edge-agent kubectl-edgefleet"
+ARG BINARIES="edgefleet-rollout edgefleet-objectsync edgefleet-device edgefleet-balancer edgefleet-hub edge-agent kubectl-edgefleet"
 # Workspace binaries deliberately left out: build-time and test tools.
 ARG NOT_SHIPPED="crdgen sim-image-cache"
 

@@ -41,6 +41,8 @@ pub async fn install_chart() -> Result<()> {
                     "operators.device.enabled=true",
                     "--set",
                     "operators.device.replicas=0",
+                    "--set",
+                    "operators.balancer.replicas=0",
                     "--wait",
                     "--timeout",
                     "60s",

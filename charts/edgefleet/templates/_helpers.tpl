@@ -82,6 +82,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
 - name: POD_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: POD_UID
+  valueFrom: {fieldRef: {fieldPath: metadata.uid}}
 - name: RUST_LOG
   value: {{ include "edgefleet.logLevel" . | quote }}
 {{- end -}}

@@ -24,8 +24,37 @@ pub mod report_keys {
     pub const QUEUED: &str = "queued";
     /// RFC 3339 time the report was written.
     pub const TIMESTAMP: &str = "timestamp";
-    /// Sessions the balancer ordered this replica to release (written by the balancer).
+    /// UID of the hub pod that wrote the report; a report whose pod is gone or has another UID
+    /// is ignored.
+    pub const POD_UID: &str = "podUID";
+    /// The balancer's order, a JSON [`ReleaseOrder`](super::ReleaseOrder) (written by the
+    /// balancer, kept by the hub when it rewrites the report).
     pub const RELEASE_ORDER: &str = "releaseOrder";
+    /// Id of the order the hub started carrying out (written by the hub before its first close).
+    pub const RELEASE_STARTED: &str = "releaseStarted";
+    /// Id of the order the hub finished (or abandoned after a restart): no longer in flight.
+    pub const RELEASE_DONE: &str = "releaseDone";
+}
+
+/// An order to one hub replica, stored as JSON under `releaseOrder` in its load report (the
+/// contract is in docs/channel.md, "Release orders").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseOrder {
+    /// Unique per order; the hub records it under `releaseStarted` / `releaseDone`.
+    pub id: String,
+    /// The pod the order is for: another pod (a replacement with the same name) ignores it.
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+    /// Sessions to close.
+    pub release: i64,
+    /// Sessions to keep at least (the expected count): the hub never goes below it.
+    pub keep: i64,
+    /// RFC 3339 time the order was written; the observation period runs from it.
+    pub issued_at: String,
+    /// RFC 3339 time (`issuedAt` + the observation period) after which the hub no longer acts
+    /// on the order, and the balancer no longer waits for it.
+    pub expires_at: String,
 }
 
 /// A HubBalancer balances the edge sessions of the hub replicas its selector picks.
@@ -129,8 +158,14 @@ pub struct HubBalancerStatus {
 fn default_tolerance_percent() -> i32 {
     10
 }
+/// 60 s. A released agent is back, and counted, within the hub's release window (10 s), plus
+/// the agent's back-off after close 4000 (hint 10 s ± 50 %, then hint plus up to the hint
+/// again: at most 30 s), plus one report interval (5 s): 45 s. An upstream edgecore, which
+/// comes back after exactly 30 s, needs 10 + 30 + 5 = 45 s too. 60 s leaves 15 s for a loaded
+/// API server; a shorter period would look before the released sessions are back and release
+/// twice (EMQX waits 60 s too).
 fn default_observation_period() -> i64 {
-    30
+    60
 }
 fn default_report_stale_after() -> i64 {
     30
@@ -145,6 +180,6 @@ mod tests {
     fn crd_has_rules_and_defaults() {
         let crd = serde_json::to_string(&HubBalancer::crd()).unwrap();
         assert!(crd.contains("spec.hubSelector must have matchLabels"));
-        assert!(crd.contains("\"default\":30"));
+        assert!(crd.contains("\"default\":60"));
     }
 }

@@ -13,6 +13,7 @@
 //! | [`records`] | one identity per node: records, session admission, revocation |
 //! | [`limit`] | token buckets for the bootstrap endpoint |
 //! | [`report`] | the load report ConfigMap |
+//! | [`release`] | carrying out the balancer's release order: out of rotation, close, back |
 //! | [`hub`] | shared state: config, session registry, metrics |
 //! | [`status`] | the coalescing, bounded status board and the writer that drains it |
 //! | [`cache`] | reflector stores and the UID → nodes index (data only) |
@@ -32,6 +33,7 @@ pub mod limit;
 pub mod metrics;
 pub mod queue;
 pub mod records;
+pub mod release;
 pub mod report;
 pub mod route;
 pub mod server;

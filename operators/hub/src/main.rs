@@ -12,7 +12,7 @@ use edgefleet_hub::identity::{self, Ca};
 use edgefleet_hub::metrics::HubMetrics;
 use edgefleet_hub::records::{self, Identities, IdentityMetrics};
 use edgefleet_hub::status::{self, StatusBoard};
-use edgefleet_hub::{hub, lease, report, route, server};
+use edgefleet_hub::{hub, lease, release, report, route, server};
 use edgefleet_kit as kit;
 
 /// Holds edge nodes' WebSocket sessions, delivers their objects with ACK, relays heartbeats and
@@ -68,6 +68,28 @@ struct Cli {
         default_value_t = 500_000
     )]
     status_pending_max: usize,
+
+    /// This replica's pod UID (downward API `metadata.uid`, the chart's `POD_UID`): written in the load report, and
+    /// release orders naming another UID are ignored.
+    #[arg(long, env = "POD_UID", default_value = "")]
+    pod_uid: String,
+
+    /// On a release order, out of the load balancer's rotation this long before the first
+    /// close, seconds (at least the LB's health-check `inter × fall`).
+    #[arg(long, env = "EDGEFLEET_HUB_RELEASE_DRAIN_SECONDS", default_value_t = 3)]
+    release_drain_seconds: u64,
+
+    /// A release order's closes are spread over this window, seconds.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_RELEASE_WINDOW_SECONDS",
+        default_value_t = 10
+    )]
+    release_window_seconds: u64,
+
+    /// At most this many release closes a second.
+    #[arg(long, env = "EDGEFLEET_HUB_RELEASE_RATE", default_value_t = 200)]
+    release_rate: u32,
 
     /// Lifetime of issued node certificates, seconds (agents renew in the last 10–30 %).
     #[arg(long, env = "EDGEFLEET_HUB_NODE_CERT_SECONDS", default_value_t = 365 * 86_400)]
@@ -141,7 +163,16 @@ async fn main() -> anyhow::Result<()> {
         cli.status_writers.max(1),
     ));
     let leases = tokio::spawn(lease::run(hub.clone()));
-    let reports = tokio::spawn(report::run(hub.clone()));
+    let releaser = Arc::new(release::Releaser::new(
+        release::Settings {
+            pod_uid: cli.pod_uid.clone(),
+            drain: Duration::from_secs(cli.release_drain_seconds),
+            window: Duration::from_secs(cli.release_window_seconds),
+            rate: cli.release_rate.max(1),
+        },
+        readiness.clone(),
+    ));
+    let reports = tokio::spawn(report::run(hub.clone(), releaser));
     let identities = tokio::spawn(records::run_watcher(hub.clone(), ids.clone()));
 
     // Identity records first (up to 30 s): a reconnect storm after a restart is admitted from

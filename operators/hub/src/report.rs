@@ -1,5 +1,7 @@
 //! The load report: one ConfigMap per replica, rewritten every few seconds, read by the
-//! balancer. The balancer's own key (`releaseOrder`) is kept when the report is rewritten.
+//! balancer. The balancer's own key (`releaseOrder`) and the hub's record of it
+//! (`releaseStarted`, `releaseDone`) are kept when the report is rewritten; the order itself is
+//! carried out by [`crate::release`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +10,15 @@ use edgefleet_api::balancer::{LOAD_REPORT_LABEL, report_keys};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, lock};
+use crate::release::Releaser;
+
+/// The keys a rewrite keeps from the stored report.
+const KEPT: [&str; 3] = [
+    report_keys::RELEASE_ORDER,
+    report_keys::RELEASE_STARTED,
+    report_keys::RELEASE_DONE,
+];
 
 /// The report ConfigMap's name for a replica.
 pub fn report_name(identity: &str) -> String {
@@ -30,6 +40,7 @@ pub fn report_name(identity: &str) -> String {
 /// The report's data (pure).
 pub fn report_data(
     identity: &str,
+    pod_uid: &str,
     connections: usize,
     capacity: usize,
     queued: i64,
@@ -37,6 +48,7 @@ pub fn report_data(
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
         (report_keys::REPLICA.to_string(), identity.to_string()),
+        (report_keys::POD_UID.to_string(), pod_uid.to_string()),
         (
             report_keys::CONNECTIONS.to_string(),
             connections.to_string(),
@@ -47,24 +59,38 @@ pub fn report_data(
     ])
 }
 
-async fn write_report(hub: &Hub, api: &Api<ConfigMap>, name: &str) -> Result<(), kube::Error> {
+/// Writes the report; returns the stored data it kept (order, started, done).
+async fn write_report(
+    hub: &Hub,
+    releaser: &Releaser,
+    api: &Api<ConfigMap>,
+    name: &str,
+) -> Result<BTreeMap<String, String>, kube::Error> {
     let mut data = report_data(
         &hub.config.identity,
+        &releaser.settings.pod_uid,
         hub.registry.len(),
         hub.config.max_sessions,
         hub.metrics.queue_depth.get(),
         &jiff::Timestamp::now().to_string(),
     );
     let labels = BTreeMap::from([(LOAD_REPORT_LABEL.to_string(), "hub".to_string())]);
+    let mut kept = BTreeMap::new();
     match api.get_opt(name).await? {
         Some(mut cm) => {
-            if let Some(order) = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(report_keys::RELEASE_ORDER))
-            {
-                data.insert(report_keys::RELEASE_ORDER.into(), order.clone());
+            for key in KEPT {
+                if let Some(v) = cm.data.as_ref().and_then(|d| d.get(key)) {
+                    kept.insert(key.to_string(), v.clone());
+                }
             }
+            // What this process recorded wins over an older stored value.
+            if let Some(id) = lock(&releaser.started).clone() {
+                kept.insert(report_keys::RELEASE_STARTED.into(), id);
+            }
+            if let Some(id) = lock(&releaser.done).clone() {
+                kept.insert(report_keys::RELEASE_DONE.into(), id);
+            }
+            data.extend(kept.clone());
             cm.data = Some(data);
             cm.metadata
                 .labels
@@ -85,7 +111,7 @@ async fn write_report(hub: &Hub, api: &Api<ConfigMap>, name: &str) -> Result<(),
             api.create(&PostParams::default(), &cm).await?;
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// The unix time now, in seconds.
@@ -96,8 +122,9 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Rewrites the report every `report_interval` until shutdown.
-pub async fn run(hub: Arc<Hub>) {
+/// Rewrites the report every `report_interval` until shutdown, and hands the order it finds to
+/// the releaser.
+pub async fn run(hub: Arc<Hub>, releaser: Arc<Releaser>) {
     let api: Api<ConfigMap> = Api::namespaced(hub.client.clone(), &hub.config.namespace);
     let name = report_name(&hub.config.identity);
     let mut tick = tokio::time::interval(hub.config.report_interval);
@@ -107,8 +134,20 @@ pub async fn run(hub: Arc<Hub>) {
             _ = hub.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match write_report(&hub, &api, &name).await {
-            Ok(()) => hub.metrics.load_report_written.set(unix_now()),
+        match write_report(&hub, &releaser, &api, &name).await {
+            Ok(kept) => {
+                hub.metrics.load_report_written.set(unix_now());
+                let order = kept
+                    .get(report_keys::RELEASE_ORDER)
+                    .and_then(|o| serde_json::from_str(o).ok());
+                if let Some(order) = order {
+                    let started = kept.get(report_keys::RELEASE_STARTED).cloned();
+                    let done = kept.get(report_keys::RELEASE_DONE).cloned();
+                    releaser
+                        .consider(&hub, &api, &name, order, started, done)
+                        .await;
+                }
+            }
             Err(e) => {
                 hub.metrics
                     .api_errors
@@ -127,10 +166,11 @@ mod tests {
     #[test]
     fn names_and_data() {
         assert_eq!(report_name("Hub_0"), "edgefleet-hub-load-hub-0");
-        let d = report_data("hub-0", 3, 100, -1, "2025-01-01T00:00:00Z");
+        let d = report_data("hub-0", "uid-0", 3, 100, -1, "2025-01-01T00:00:00Z");
         assert_eq!(d[report_keys::CONNECTIONS], "3");
         assert_eq!(d[report_keys::CAPACITY], "100");
         assert_eq!(d[report_keys::QUEUED], "0");
         assert_eq!(d[report_keys::REPLICA], "hub-0");
+        assert_eq!(d[report_keys::POD_UID], "uid-0");
     }
 }

@@ -57,8 +57,17 @@ pub fn parse_report(cm: &ConfigMap) -> Report {
         timestamp: data
             .get(report_keys::TIMESTAMP)
             .and_then(|t| t.parse().ok()),
-        release_order: num(report_keys::RELEASE_ORDER),
+        release_order: order_in_flight(data).unwrap_or_else(|| num(report_keys::RELEASE_ORDER)),
     }
+}
+
+/// Sessions of the balancer's order the hub has not marked done (0 once done); `None` when
+/// `releaseOrder` is not a JSON order (docs/channel.md, "Release orders").
+fn order_in_flight(data: &BTreeMap<String, String>) -> Option<i64> {
+    let order: edgefleet_api::balancer::ReleaseOrder =
+        serde_json::from_str(data.get(report_keys::RELEASE_ORDER)?).ok()?;
+    let done = data.get(report_keys::RELEASE_DONE) == Some(&order.id);
+    Some(if done { 0 } else { order.release })
 }
 
 /// One replica in the balance.
@@ -471,6 +480,18 @@ mod tests {
             (600, 1000, 3, 45)
         );
         assert_eq!(r.timestamp, Some(t(95)));
+        // The balancer's JSON order: in flight until the hub marks it done.
+        let order =
+            r#"{"id":"o1","podUID":"u","release":45,"keep":600,"issuedAt":"x","expiresAt":"y"}"#;
+        let mut cm2 = cm.clone();
+        let data = cm2.data.as_mut().unwrap();
+        data.insert("releaseOrder".into(), order.into());
+        assert_eq!(parse_report(&cm2).release_order, 45);
+        cm2.data
+            .as_mut()
+            .unwrap()
+            .insert("releaseDone".into(), "o1".into());
+        assert_eq!(parse_report(&cm2).release_order, 0);
         let b = balance(
             vec![r, report("hub-1", 400, 1000, 98)],
             t(100),

@@ -35,6 +35,7 @@ pub fn exported_metrics() -> BTreeSet<String> {
     names.extend(edgefleet_rollout::metric_names());
     names.extend(edgefleet_objectsync::metric_names());
     names.extend(edgefleet_hub::metric_names());
+    names.extend(edgefleet_balancer::metric_names());
     names
 }
 
