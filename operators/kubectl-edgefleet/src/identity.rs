@@ -51,10 +51,15 @@ pub fn parse_ttl(text: &str) -> Result<SignedDuration> {
     Ok(ttl)
 }
 
-/// `--group`: `<label>=<value>`, a bare value meaning a station.
+/// `--group`: `<label>=<value>`, a bare value meaning a station. The value may be empty when
+/// the label is given (role labels such as `node-role.kubernetes.io/edge=` carry none).
 pub fn parse_group(text: &str) -> Result<String> {
-    let (k, v) = text.split_once('=').unwrap_or((STATION_LABEL, text));
-    if k.is_empty() || v.is_empty() {
+    let (k, v) = match text.split_once('=') {
+        Some((k, v)) => (k, v),
+        None if text.is_empty() => ("", ""),
+        None => (STATION_LABEL, text),
+    };
+    if k.is_empty() || k.contains(char::is_whitespace) {
         return Err(Error::Usage(format!(
             "--group {text:?}: want <label>=<value>"
         )));
@@ -402,7 +407,12 @@ mod tests {
             parse_group("topology.edgefleet.io/region=north").unwrap(),
             "topology.edgefleet.io/region=north"
         );
-        assert!(parse_group("x=").is_err());
+        assert_eq!(
+            parse_group("node-role.kubernetes.io/edge=").unwrap(),
+            "node-role.kubernetes.io/edge="
+        );
+        assert!(parse_group("=x").is_err());
+        assert!(parse_group("").is_err());
     }
 
     #[test]
