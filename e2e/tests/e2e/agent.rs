@@ -646,12 +646,18 @@ async fn agent_simulate_without_node_status_leaves_the_node_to_its_kubelet() {
     let hub = HubProcess::start(&ns.name, &[]).await.unwrap();
     let bed = Bed::new(&client, &ns.name).await.unwrap();
     // A kwok node (the annotation is what kwok manages; no edge or kwok-type label, so other
-    // tests' DaemonSets and node counts leave it alone). Bed removes it with its Lease.
+    // tests' DaemonSets and node counts leave it alone). Bed removes it with its Lease. It
+    // carries the label of the bed's group join token: a Node outside the token's group would
+    // wait for approval (issue 14).
     let prefix = format!("{}-k", ns.name);
     let node = format!("{prefix}0007");
     let nodes: Api<Node> = Api::all(client.clone());
     let manifest: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": node, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "metadata": {
+            "name": node,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"edgefleet.io/e2e-group": "e2e"},
+        },
     }))
     .unwrap();
     nodes
