@@ -151,8 +151,14 @@ async fn hub_survives_hostile_frames_and_handshakes() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut sent = 0;
     let mut sessions = 0;
+    // Reconnects are retried, but not for ever: a hub that stops taking B fails the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
     while sent < 3_000 {
         let Ok(mut sb) = edge.connect(&id_b, &b).await else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B could not reconnect within 300 s ({sent} frames sent)"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
