@@ -593,7 +593,9 @@ async fn plugin_shows_hub_balance_from_load_reports() {
     let row = |r: &str| {
         run.stdout
             .lines()
-            .find(|l| l.contains(r))
+            // The replica column, not a substring: the namespace's random
+            // suffix can contain a replica's name ("e2e-plugin-hub-be528").
+            .find(|l| l.split_whitespace().nth(1) == Some(r))
             .unwrap_or_default()
             .to_string()
     };
