@@ -67,7 +67,7 @@ impl Bed {
     }
 
     /// Flags of a first start: bootstrap with the token, the hub checked against its CA.
-    fn bootstrap_flags(&self) -> Vec<String> {
+    pub(crate) fn bootstrap_flags(&self) -> Vec<String> {
         vec![
             format!("--token-file={}", self.token.display()),
             format!("--hub-ca={}", self.ca.display()),

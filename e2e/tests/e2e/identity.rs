@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use edgefleet_channel::bootstrap::{PendingResponse, identity_record_name};
-use edgefleet_e2e::edge::{HubProcess, TokenScope, join_token, metrics};
+use edgefleet_e2e::edge::{HubProcess, Simulator, TokenScope, join_token, metrics};
 use edgefleet_e2e::operator::{SYSTEM_NAMESPACE, binary};
 use edgefleet_e2e::{TestNamespace, client, install_crds, kubeconfig_path, wait_for};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -563,4 +563,55 @@ async fn identity_bootstrap_is_rate_limited() {
         Some(7.0),
         "{m:?}"
     );
+}
+
+/// A fleet enrolling at once queues at its agents, not in the API server: past the hub's
+/// enrolment budget the hub answers 503 with a Retry-After, the agents come back then, and
+/// every node gets its certificate and its session (unbounded, 20,000 first contacts timed
+/// every API call out and almost none got in).
+#[tokio::test]
+async fn identity_a_fleet_enrolling_at_once_is_shed_and_every_node_gets_in() {
+    const NODES: usize = 24;
+    let client = client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(&client, "id-herd").await.unwrap();
+    let hub = HubProcess::start(
+        &ns.name,
+        &["--enrolments-in-flight=1", "--retry-after-seconds=1"],
+    )
+    .await
+    .unwrap();
+    let bed = Bed::new(&client, &ns.name).await.unwrap();
+    let mut args = vec![
+        format!("--nodes={NODES}"),
+        format!("--name-prefix={}-h-", ns.name),
+        "--node-status=false".to_string(),
+        "--ramp-per-second=1000".to_string(),
+    ];
+    args.extend(bed.bootstrap_flags());
+    args.extend(hub_flags(&[&hub]));
+    let _sim = Simulator::start(&format!("{}-simulate", ns.name), &args).unwrap();
+
+    wait_for(
+        &format!("{NODES} sessions on the hub"),
+        Duration::from_secs(240),
+        || async {
+            let m = hub_metrics(&hub, "edgefleet_hub_sessions").await;
+            Ok((m.get("edgefleet_hub_sessions").copied() == Some(NODES as f64)).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let m = hub_metrics(&hub, "edgefleet_hub_bootstrap_total").await;
+    let outcome = |o: &str| {
+        m.get(&format!("edgefleet_hub_bootstrap_total{{outcome=\"{o}\"}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(outcome("issued"), NODES as f64, "{m:?}");
+    assert!(
+        outcome("busy") > 0.0,
+        "one at a time, the rest told to come back: {m:?}"
+    );
+    assert_eq!(outcome("error"), 0.0, "no API call timed out: {m:?}");
 }

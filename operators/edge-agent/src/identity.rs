@@ -63,7 +63,12 @@ pub enum IdentityError {
     #[error("bootstrap transport: {0}")]
     Transport(String),
     #[error("bootstrap refused: HTTP {status}: {body}")]
-    Refused { status: u16, body: String },
+    Refused {
+        status: u16,
+        body: String,
+        /// The hub's `Retry-After`: a busy or rate-limiting hub says when to come back.
+        retry_after: Option<Duration>,
+    },
     #[error("bootstrap answer: {0}")]
     Answer(String),
     #[error("no certificate yet and no bootstrap token given")]
@@ -79,6 +84,14 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
+    /// When the hub asked to be tried again (its `Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IdentityError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// A refusal the agent cannot fix by retrying (bad token, bad request).
     pub fn is_permanent(&self) -> bool {
         matches!(self, IdentityError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
@@ -263,10 +276,13 @@ async fn bootstrap_in(
     };
     let body = serde_json::to_vec(&request).map_err(|e| IdentityError::Answer(e.to_string()))?;
     let config = bootstrap_tls(token.ca_pin.as_deref(), hub_ca)?;
-    let (status, answer) =
-        tokio::time::timeout(BOOTSTRAP_TIMEOUT, post(hub, config, BOOTSTRAP_PATH, body))
-            .await
-            .map_err(|_| IdentityError::Transport("timed out".into()))??;
+    let Answer {
+        status,
+        retry_after,
+        body: answer,
+    } = tokio::time::timeout(BOOTSTRAP_TIMEOUT, post(hub, config, BOOTSTRAP_PATH, body))
+        .await
+        .map_err(|_| IdentityError::Transport("timed out".into()))??;
     if status == 202 {
         let pending: PendingResponse =
             serde_json::from_slice(&answer).map_err(|e| IdentityError::Answer(e.to_string()))?;
@@ -279,6 +295,7 @@ async fn bootstrap_in(
         return Err(IdentityError::Refused {
             status,
             body: String::from_utf8_lossy(&answer).chars().take(200).collect(),
+            retry_after,
         });
     }
     let answer: BootstrapResponse =
@@ -390,12 +407,25 @@ fn bootstrap_tls(
 }
 
 /// `POST path` with a JSON body over `config`: (status, body).
+/// A hub's answer to a POST: status, `Retry-After` (seconds form) and body.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Bytes,
+}
+
+/// `Retry-After` in its seconds form (the hub never sends a date), capped at an hour.
+pub(crate) fn retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let seconds: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
+}
+
 pub(crate) async fn post(
     hub: &HubAddr,
     config: Arc<ClientConfig>,
     path: &str,
     body: Vec<u8>,
-) -> Result<(u16, Bytes), IdentityError> {
+) -> Result<Answer, IdentityError> {
     let transport = |e: &dyn std::fmt::Display| IdentityError::Transport(e.to_string());
     let tcp = TcpStream::connect((hub.host.as_str(), hub.port))
         .await
@@ -429,12 +459,17 @@ pub(crate) async fn post(
         .await
         .map_err(|e| transport(&e))?;
     let status = response.status().as_u16();
-    let answer = Limited::new(response.into_body(), 256 * 1024)
+    let retry_after = retry_after(response.headers().get(http::header::RETRY_AFTER));
+    let body = Limited::new(response.into_body(), 256 * 1024)
         .collect()
         .await
         .map_err(|e| transport(&e))?
         .to_bytes();
-    Ok((status, answer))
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
 }
 
 /// Accepts the hub only if its chain carries the CA whose DER hashes to the token's pin and
@@ -507,6 +542,33 @@ impl ServerCertVerifier for PinnedCa {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_nothing_else() {
+        let h = |v: &str| http::HeaderValue::from_str(v).unwrap();
+        for (value, want) in [
+            ("7", Some(7)),
+            (" 30 ", Some(30)),
+            ("99999", Some(3600)),
+            ("-1", None),
+            ("Wed, 21 Oct 2026 07:28:00 GMT", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                retry_after(Some(&h(value))),
+                want.map(Duration::from_secs),
+                "{value:?}"
+            );
+        }
+        assert_eq!(retry_after(None), None);
+        let busy = IdentityError::Refused {
+            status: 503,
+            body: "busy".into(),
+            retry_after: Some(Duration::from_secs(4)),
+        };
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(4)));
+        assert!(!busy.is_permanent());
+    }
 
     #[test]
     fn csr_names_the_node() {

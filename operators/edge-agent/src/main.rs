@@ -112,7 +112,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
             Ok(got) => break got,
             Err(e) if e.is_permanent() => return Err(e.to_string()),
             Err(e) => {
-                let delay = backoff.next_delay(None);
+                // A busy hub's Retry-After spreads a fleet's first enrolment over time.
+                let delay = backoff.next_delay(e.retry_after());
                 tracing::warn!(error = %e, ?delay, "no certificate yet; retrying");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),

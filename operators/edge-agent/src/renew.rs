@@ -68,7 +68,11 @@ pub async fn renew_once(
     let csr = csr_for(node, &current.key_pem)?;
     let body = serde_json::to_vec(&RenewRequest { csr })
         .map_err(|e| IdentityError::Answer(e.to_string()))?;
-    let (status, answer) = tokio::time::timeout(
+    let crate::identity::Answer {
+        status,
+        retry_after,
+        body: answer,
+    } = tokio::time::timeout(
         Duration::from_secs(30),
         post(hub, current.client_config()?, RENEW_PATH, body),
     )
@@ -78,6 +82,7 @@ pub async fn renew_once(
         return Err(IdentityError::Refused {
             status,
             body: String::from_utf8_lossy(&answer).chars().take(200).collect(),
+            retry_after,
         });
     }
     let answer: BootstrapResponse =
@@ -135,7 +140,10 @@ pub async fn keep_renewed(
                 }
                 Err(e) => {
                     let left = u64::try_from(not_after - now()).unwrap_or(0);
-                    let retry = Duration::from_secs((left / 10).max(5));
+                    // A busy hub's Retry-After is honoured while the certificate has time.
+                    let hint = e.retry_after().filter(|h| h.as_secs() < left / 2);
+                    let retry =
+                        Duration::from_secs((left / 10).max(5)).max(hint.unwrap_or_default());
                     tracing::warn!(%node, error = %e, ?retry, "certificate renewal failed");
                     tokio::select! {
                         () = cancel.cancelled() => return,

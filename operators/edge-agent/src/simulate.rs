@@ -152,7 +152,7 @@ async fn hollow_agent(
                 tracing::info!(%node, error = %e, "bootstrap failed, retrying");
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(backoff.next_delay(None)) => {}
+                    () = tokio::time::sleep(backoff.next_delay(e.retry_after())) => {}
                 }
             }
         }

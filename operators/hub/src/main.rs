@@ -99,6 +99,16 @@ struct Cli {
     /// 10 s (address) and per 30 s (name).
     #[arg(long, env = "EDGEFLEET_HUB_BOOTSTRAP_BURST", default_value_t = 10)]
     bootstrap_burst: u32,
+
+    /// Bootstraps and renewals doing API work at once; more are answered 503 with a
+    /// Retry-After (the agents come back later, spread by jitter).
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_ENROLMENTS_IN_FLIGHT",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    enrolments_in_flight: u64,
 }
 
 #[tokio::main]
@@ -121,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         IdentityMetrics::register(&registry)?,
         Duration::from_secs(cli.node_cert_seconds.max(60)),
         cli.bootstrap_burst,
+        usize::try_from(cli.enrolments_in_flight).unwrap_or(16),
     ));
     let tls = identity::server_config(&ca, &cli.tls_sans)?;
 

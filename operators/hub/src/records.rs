@@ -93,14 +93,14 @@ impl IdentityMetrics {
             bootstrap: IntCounterVec::new(
                 Opts::new(
                     "edgefleet_hub_bootstrap_total",
-                    "Bootstrap requests by outcome (issued, pending, denied, rate_limited, bad_token, expired_token, out_of_scope, bad_request, error).",
+                    "Bootstrap requests by outcome (issued, pending, denied, rate_limited, bad_token, expired_token, out_of_scope, bad_request, error, busy).",
                 ),
                 &["outcome"],
             )?,
             renewals: IntCounterVec::new(
                 Opts::new(
                     "edgefleet_hub_certificate_renewals_total",
-                    "Certificate renewals by outcome (issued, refused, error).",
+                    "Certificate renewals by outcome (issued, refused, error, busy).",
                 ),
                 &["outcome"],
             )?,
@@ -127,6 +127,10 @@ pub struct Identities {
     admitted: Mutex<HashMap<String, String>>,
     pub per_address: Limiter,
     pub per_node: Limiter,
+    /// Enrolments (bootstraps and renewals) doing API work at once. One is half a dozen API
+    /// calls; a fleet enrolling at once must queue at its agents (503 + Retry-After), not in
+    /// the API server — unbounded, 20,000 first contacts timed every call out and none got in.
+    pub enrolling: tokio::sync::Semaphore,
     pub metrics: IdentityMetrics,
     pub cert_lifetime: Duration,
     /// The watch listed every record once: sessions are admitted from the cache from now on
@@ -135,13 +139,19 @@ pub struct Identities {
 }
 
 impl Identities {
-    pub fn new(metrics: IdentityMetrics, cert_lifetime: Duration, bootstrap_burst: u32) -> Self {
+    pub fn new(
+        metrics: IdentityMetrics,
+        cert_lifetime: Duration,
+        bootstrap_burst: u32,
+        enrolments_in_flight: usize,
+    ) -> Self {
         Identities {
             records: Mutex::new(HashMap::new()),
             admitted: Mutex::new(HashMap::new()),
             // A few tries at once, then one every 10 s (address) / 30 s (name).
             per_address: Limiter::new(bootstrap_burst, Duration::from_secs(10), 100_000),
             per_node: Limiter::new(bootstrap_burst, Duration::from_secs(30), 100_000),
+            enrolling: tokio::sync::Semaphore::new(enrolments_in_flight.max(1)),
             metrics,
             cert_lifetime,
             synced: std::sync::atomic::AtomicBool::new(false),

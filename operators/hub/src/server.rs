@@ -123,11 +123,24 @@ async fn route(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    if req.method() == Method::POST && req.uri().path() == BOOTSTRAP_PATH {
-        return bootstrap(&hub, &ids, peer, req).await;
-    }
-    if req.method() == Method::POST && req.uri().path() == RENEW_PATH {
-        return renew(&hub, &ids, cert, req).await;
+    let enrolment =
+        req.method() == Method::POST && [BOOTSTRAP_PATH, RENEW_PATH].contains(&req.uri().path());
+    if enrolment {
+        // Shed before any work (and before the per-node limiter: busy is not the node's fault).
+        let Ok(_permit) = ids.enrolling.try_acquire() else {
+            let kind = if req.uri().path() == BOOTSTRAP_PATH {
+                &ids.metrics.bootstrap
+            } else {
+                &ids.metrics.renewals
+            };
+            kind.with_label_values(&["busy"]).inc();
+            return retry_later(&hub, "busy enrolling other nodes, retry later");
+        };
+        return if req.uri().path() == BOOTSTRAP_PATH {
+            bootstrap(&hub, &ids, peer, req).await
+        } else {
+            renew(&hub, &ids, cert, req).await
+        };
     }
     if req.method() == Method::GET
         && let Some((_project, node)) = parse_events_path(req.uri().path())
@@ -170,7 +183,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
-fn answer(outcome: Outcome) -> Response<Body> {
+/// 503 with a jittered Retry-After: the agent comes back then, not at once.
+fn retry_later(hub: &Hub, message: &str) -> Response<Body> {
+    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, message.to_string());
+    if let Ok(v) = http::HeaderValue::from_str(&hub.jittered_retry().as_secs().to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+fn answer(hub: &Hub, outcome: Outcome) -> Response<Body> {
     let json = |status, text: String| {
         let mut r = reply(status, text);
         r.headers_mut().insert(
@@ -191,6 +213,9 @@ fn answer(outcome: Outcome) -> Response<Body> {
         Outcome::Refused {
             status, message, ..
         } => {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                return retry_later(hub, &message);
+            }
             let mut r = reply(status, message);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 r.headers_mut()
@@ -226,7 +251,7 @@ async fn bootstrap(
         .bootstrap
         .with_label_values(&[outcome.label()])
         .inc();
-    answer(outcome)
+    answer(hub, outcome)
 }
 
 async fn renew(
@@ -261,7 +286,7 @@ async fn renew(
         .renewals
         .with_label_values(&[outcome.label()])
         .inc();
-    answer(outcome)
+    answer(hub, outcome)
 }
 
 fn upgrade(
