@@ -206,6 +206,9 @@ fn on_text(
     };
     match edge::classify(&session.node, &msg) {
         Ok(Incoming::Ack { parent, rv, ok }) => on_ack(hub, session, &parent, &rv, ok),
+        Ok(Incoming::Device(route)) => {
+            crate::device::accept::on_report(hub, session, tx, route, msg);
+        }
         Ok(Incoming::Keepalive) => {
             let _ = tx.try_send(WsMessage::text(msg.ack(SOURCE_CLOUD, "").to_frame()));
         }
