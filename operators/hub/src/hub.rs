@@ -60,6 +60,8 @@ pub struct Session {
     pub edge_requests: AtomicUsize,
     /// Device reports of this session waiting for their status write.
     pub device_reports: AtomicUsize,
+    /// Devices the edge ACKed, by UID: digest of their spec (module `device::delivery`).
+    pub delivered_devices: Mutex<HashMap<String, u64>>,
     depth: AtomicUsize,
 }
 
@@ -77,6 +79,7 @@ impl Session {
             lease: Mutex::new(LeaseState::default()),
             edge_requests: AtomicUsize::new(0),
             device_reports: AtomicUsize::new(0),
+            delivered_devices: Mutex::new(HashMap::new()),
             depth: AtomicUsize::new(0),
         }
     }

@@ -7,6 +7,7 @@
 //! | hold | [`board`] | one entry per device, newest per property, bounded (pure) |
 //! | merge | [`merge`] | what changed against the stored status, the apply body (pure) |
 //! | write | [`flush`] | every flush interval: read, merge, apply (`edgefleet-hub`), answer |
+//! | deliver | [`delivery`] | cloud → edge: a Device is resent on spec changes only, not on status writes |
 //!
 //! Guarantee: an "OK" is sent only once the report's values are in the API (or were older or
 //! unchanged), so a replica killed between a report and its write loses nothing the edge
@@ -17,6 +18,7 @@
 
 pub mod accept;
 pub mod board;
+pub mod delivery;
 pub mod flush;
 pub mod merge;
 pub mod metrics;
