@@ -368,8 +368,48 @@ async fn device_reports_coalesced_ordered_and_bound_to_their_node() {
         .await
         .unwrap(),
     );
+
+    // `kubectl edgefleet device status`: desired vs reported per property, state.
+    let (code, table, _) = plugin(&["device", "status", "thermo-a", "-n", &ns.name]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("State:       online"), "{table}");
+    let temp: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("temp "))
+        .unwrap_or_else(|| panic!("{table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&temp[..4], ["temp", "20", "20", "121"], "{table}");
+    assert!(table.contains("UnknownReportedProperty=True"), "{table}");
+    let (code, json_out, _) =
+        plugin(&["device", "status", "thermo-a", "-n", &ns.name, "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["properties"][1]["name"], "mode");
+    assert_eq!(v["properties"][1]["reported"], "eco");
+    let (code, _, err) = plugin(&["device", "status", "nope", "-n", &ns.name]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nope"), "{err}");
     drop(hub);
     cleanup_nodes(&client, &[a, b]).await;
+}
+
+/// Runs the plugin binary: (exit code, stdout, stderr).
+fn plugin(args: &[&str]) -> (i32, String, String) {
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| edgefleet_e2e::repo_root().join("target"))
+        .join("debug/kubectl-edgefleet");
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", edgefleet_e2e::kubeconfig_path())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build -p kubectl-edgefleet)", bin.display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A hub replica SIGKILLed with reports waiting for their write: they were never answered, so
