@@ -61,6 +61,7 @@ pub fn status_only(
     if !same || lock(&session.queue).holds(&uid) {
         return false;
     }
+    // `attempts: 0`: nothing was sent for this version; the node holds an equal spec.
     hub.status
         .record(sync_key, Event::Acked { rv, attempts: 0 })
 }
