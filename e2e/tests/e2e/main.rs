@@ -6,6 +6,7 @@ mod channel;
 mod chart;
 mod crds;
 mod device;
+mod device_hub;
 mod gitops;
 mod helm;
 mod hostile;

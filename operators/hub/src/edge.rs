@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use edgefleet_channel::device::DeviceRoute;
 use edgefleet_channel::envelope::{EnvelopeError, SOURCE_CLOUD};
 use edgefleet_channel::{Message, Operation, Resource, ResourceType};
 use k8s_openapi::api::core::v1::Node;
@@ -42,6 +43,8 @@ pub enum Incoming {
         device: String,
     },
     Query(Resource),
+    /// A device twin or state report (`device/<ns>/<name>/...`, module [`crate::device`]).
+    Device(DeviceRoute),
 }
 
 /// Why an edge message is refused.
@@ -77,6 +80,14 @@ pub fn classify(node: &str, msg: &Message) -> Result<Incoming, Refused> {
             });
         }
         Operation::Keepalive => return Ok(Incoming::Keepalive),
+        Operation::Update if DeviceRoute::is_device_report(&msg.route.resource) => {
+            return msg
+                .route
+                .resource
+                .parse::<DeviceRoute>()
+                .map(Incoming::Device)
+                .map_err(|e| Refused::Reply(e.to_string()));
+        }
         _ => {}
     }
     let resource = msg.resource().map_err(|e| match e {
@@ -156,7 +167,7 @@ pub async fn handle(
                 .inc();
             return reply;
         }
-        Incoming::Ack { .. } | Incoming::Keepalive => return ok(msg),
+        Incoming::Ack { .. } | Incoming::Keepalive | Incoming::Device(_) => return ok(msg),
     };
     match result {
         Ok(()) => {
@@ -456,6 +467,27 @@ mod tests {
                 device: "t1".into()
             })
         );
+    }
+
+    #[test]
+    fn device_reports_are_routed_and_bad_ones_refused_without_closing() {
+        assert_eq!(
+            classify(
+                "e",
+                &msg(Operation::Update, "device/ns/d/twin/edge_updated")
+            ),
+            Ok(Incoming::Device(DeviceRoute::new(
+                "ns",
+                "d",
+                edgefleet_channel::device::DeviceTopic::TwinEdgeUpdated
+            )))
+        );
+        for bad in ["device/ns/d/twin/cloud_updated", "device/ns/D/state/update"] {
+            assert!(matches!(
+                classify("e", &msg(Operation::Update, bad)),
+                Err(Refused::Reply(_))
+            ));
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Config {
     pub lease_renew_interval: Duration,
     /// How often the load report is rewritten.
     pub report_interval: Duration,
+    /// Device report coalescing and writes.
+    pub devices: crate::device::Settings,
 }
 
 /// One live session's state shared between its connection task and the watchers that queue.
@@ -56,6 +58,10 @@ pub struct Session {
     pub lease: Mutex<LeaseState>,
     /// Edge → cloud requests of this session being handled right now.
     pub edge_requests: AtomicUsize,
+    /// Device reports of this session waiting for their status write.
+    pub device_reports: AtomicUsize,
+    /// Devices the edge ACKed, by UID: digest of their spec (module `device::delivery`).
+    pub delivered_devices: Mutex<HashMap<String, u64>>,
     depth: AtomicUsize,
 }
 
@@ -72,6 +78,8 @@ impl Session {
             heartbeat: AtomicBool::new(false),
             lease: Mutex::new(LeaseState::default()),
             edge_requests: AtomicUsize::new(0),
+            device_reports: AtomicUsize::new(0),
+            delivered_devices: Mutex::new(HashMap::new()),
             depth: AtomicUsize::new(0),
         }
     }
@@ -176,6 +184,8 @@ pub struct Hub {
     /// Sessions accepted (upgrade answered) and not yet ended; checked against capacity.
     pub connections: AtomicUsize,
     pub shutdown: CancellationToken,
+    /// Device reports waiting for their status write.
+    pub devices: crate::device::Devices,
     next_session: AtomicU64,
 }
 
@@ -190,6 +200,7 @@ impl Hub {
         ca: Ca,
         shutdown: CancellationToken,
     ) -> Self {
+        let devices = crate::device::Devices::new(config.devices.clone());
         Hub {
             config,
             client,
@@ -200,6 +211,7 @@ impl Hub {
             ca,
             connections: AtomicUsize::new(0),
             shutdown,
+            devices,
             next_session: AtomicU64::new(1),
         }
     }

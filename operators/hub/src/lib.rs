@@ -6,6 +6,7 @@
 //! | [`session`] | one edge session: reader/scheduler loop + writer task |
 //! | [`queue`] | a node's queue: latest wins per UID, window, resend, give up (pure) |
 //! | [`route`] | the watchers' events → what each connected node lacks, queued on its session |
+//! | [`device`] | device twin/state reports → `Device.status`: coalesced, ordered, bounded |
 //! | [`edge`] | edge → cloud: node registration, heartbeat, twin relay, queries |
 //! | [`lease`] | node Leases of connected nodes: one write each, earliest first, own budget |
 //! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
@@ -23,6 +24,7 @@
 //! `edge`, `lease` → `hub` → `status`, `cache` → `wire`); no module extends another's type.
 
 pub mod cache;
+pub mod device;
 pub mod edge;
 pub mod enroll;
 pub mod error;

@@ -109,6 +109,27 @@ struct Cli {
         value_parser = clap::value_parser!(u64).range(1..=1024)
     )]
     enrolments_in_flight: u64,
+
+    /// Device reports: at most one Device status write per device per this interval, ms.
+    #[arg(long, env = "EDGEFLEET_HUB_DEVICE_FLUSH_MS", default_value_t = 1000)]
+    device_flush_ms: u64,
+
+    /// Devices with reports waiting for a write, at most; beyond it a report is answered busy
+    /// (the edge resends it) and counted.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_DEVICE_PENDING_MAX",
+        default_value_t = 100_000
+    )]
+    device_pending_max: usize,
+
+    /// An unchanged reported value is written again (fresh timestamp) after this many seconds.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_DEVICE_REFRESH_SECONDS",
+        default_value_t = 60
+    )]
+    device_refresh_seconds: u64,
 }
 
 #[tokio::main]
@@ -143,6 +164,12 @@ async fn main() -> anyhow::Result<()> {
         retry_after_seconds: cli.retry_after_seconds,
         lease_renew_interval: Duration::from_secs(cli.lease_renew_seconds.max(1)),
         report_interval: Duration::from_secs(cli.report_seconds.max(1)),
+        devices: edgefleet_hub::device::Settings {
+            flush_interval: Duration::from_millis(cli.device_flush_ms.max(10)),
+            pending_max: cli.device_pending_max.max(1),
+            refresh: Duration::from_secs(cli.device_refresh_seconds),
+            ..Default::default()
+        },
     };
     let (caches, writers) = Caches::new();
     let caches = Arc::new(caches);
@@ -174,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         cli.status_writers.max(1),
     ));
     let leases = tokio::spawn(lease::run(hub.clone()));
+    let devices = tokio::spawn(edgefleet_hub::device::flush::run(hub.clone()));
     let releaser = Arc::new(release::Releaser::new(
         release::Settings {
             pod_uid: cli.pod_uid.clone(),
@@ -229,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
     serving.abort();
     watchers.abort();
     leases.abort();
+    devices.abort();
     reports.abort();
     identities.abort();
     status.abort();

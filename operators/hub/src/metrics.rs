@@ -47,6 +47,8 @@ pub struct HubMetrics {
     /// Unix time of this replica's last successful load report write (0: none yet). The
     /// balancer reads the reports; a report that stops being written leaves it blind.
     pub load_report_written: Gauge,
+    /// `edgefleet_hub_device_*`: device twin and state reports (module `device`).
+    pub devices: crate::device::DeviceMetrics,
 }
 
 impl HubMetrics {
@@ -148,6 +150,7 @@ impl HubMetrics {
                 "edgefleet_hub_load_report_last_write_timestamp_seconds",
                 "Unix time of this replica's last successful load report write (0: none yet).",
             )?,
+            devices: crate::device::DeviceMetrics::new()?,
         };
         for c in m.collectors() {
             registry.register(c)?;
@@ -157,7 +160,7 @@ impl HubMetrics {
 
     /// Every metric, in one list: registered from it, and named from it by [`Self::names`].
     fn collectors(&self) -> Vec<Box<dyn Collector>> {
-        vec![
+        let own: Vec<Box<dyn Collector>> = vec![
             Box::new(self.sessions.clone()),
             Box::new(self.sessions_opened.clone()),
             Box::new(self.refused.clone()),
@@ -176,7 +179,8 @@ impl HubMetrics {
             Box::new(self.status_pending.clone()),
             Box::new(self.lease_renewals.clone()),
             Box::new(self.load_report_written.clone()),
-        ]
+        ];
+        own.into_iter().chain(self.devices.collectors()).collect()
     }
 
     /// The names of the metrics above (histograms without their suffixes).

@@ -312,6 +312,11 @@ impl<T: Clone> NodeQueue<T> {
     }
 
     /// Pending plus in-flight messages.
+    /// Whether a message for `uid` is pending or in flight.
+    pub fn holds(&self, uid: &str) -> bool {
+        self.pending.contains_key(uid) || self.in_flight.contains_key(uid)
+    }
+
     pub fn depth(&self) -> usize {
         self.pending.len() + self.in_flight.len()
     }

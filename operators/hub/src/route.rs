@@ -143,17 +143,24 @@ fn on_sync(hub: &Hub, sync: &ObjectSync, deleted: bool) {
 }
 
 /// A live object: queue it for every connected node with a sync for it.
-fn on_object(hub: &Hub, obj: &Arc<DynamicObject>) {
+fn on_object(hub: &Hub, t: ResourceType, obj: &Arc<DynamicObject>) {
     let Some(uid) = obj.uid() else { return };
     let ns = obj.namespace().unwrap_or_default();
+    let is_device = t == ResourceType::Device;
     for node in hub.caches.nodes_of(&uid) {
         if !hub.registry.contains(&node) {
             continue;
         }
-        if let Some(sync) = hub
-            .caches
-            .sync(&ns, &edgefleet_api::objectsync::sync_name(&node, &uid))
-        {
+        let name = edgefleet_api::objectsync::sync_name(&node, &uid);
+        if let Some(sync) = hub.caches.sync(&ns, &name) {
+            if is_device
+                && sync.metadata.deletion_timestamp.is_none()
+                && hub.registry.get(&node).is_some_and(|s| {
+                    crate::device::delivery::status_only(hub, &s, (ns.clone(), name.clone()), obj)
+                })
+            {
+                continue;
+            }
             evaluate_with(hub, &sync, None, Some(obj));
         }
     }
@@ -207,7 +214,7 @@ async fn run_fetcher(hub: Arc<Hub>) {
             match get_object(&hub, t, &ns, &name).await {
                 Ok(Some(obj)) => {
                     if hub.caches.observe(t, &obj) || !cacheable(t) {
-                        on_object(&hub, &obj);
+                        on_object(&hub, t, &obj);
                     }
                 }
                 Ok(None) => {}
@@ -280,7 +287,7 @@ pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<Str
                     Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
                         let o = Arc::new(o);
                         if h.caches.observe(t, &o) {
-                            on_object(&h, &o);
+                            on_object(&h, t, &o);
                         }
                     }
                     Ok(watcher::Event::Delete(o)) => {

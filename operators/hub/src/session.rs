@@ -13,7 +13,7 @@ use edgefleet_channel::envelope::{GROUP_RESOURCE, SOURCE_CLOUD};
 use edgefleet_channel::session::{
     CLOSE_PROTOCOL, CLOSE_RECONNECT, CLOSE_REPLACED, SESSION_IDLE_TIMEOUT, reconnect_reason,
 };
-use edgefleet_channel::{Message, Operation};
+use edgefleet_channel::{Message, Operation, ResourceType};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -148,6 +148,11 @@ fn on_ack(hub: &Hub, session: &Session, parent: &str, rv: &str, ok: bool) {
         return;
     }
     hub.metrics.acked.inc();
+    if let Body::Object(obj) = &acked.payload.body
+        && acked.payload.resource.type_ == ResourceType::Device
+    {
+        crate::device::delivery::delivered(session, obj);
+    }
     hub.metrics
         .delivery_lag
         .observe(seconds(acked.enqueued.elapsed()));
@@ -206,6 +211,9 @@ fn on_text(
     };
     match edge::classify(&session.node, &msg) {
         Ok(Incoming::Ack { parent, rv, ok }) => on_ack(hub, session, &parent, &rv, ok),
+        Ok(Incoming::Device(route)) => {
+            crate::device::accept::on_report(hub, session, tx, route, msg);
+        }
         Ok(Incoming::Keepalive) => {
             let _ = tx.try_send(WsMessage::text(msg.ack(SOURCE_CLOUD, "").to_frame()));
         }

@@ -135,6 +135,10 @@ proptest! {
                     prop_assert_eq!(r.name.as_str(), NODE, "a node writes only itself");
                 }
                 Ok(Incoming::Query(r)) => prop_assert!(r.type_.kind().is_some()),
+                // Parsed strictly; whether the device is the node's own is checked on the API.
+                Ok(Incoming::Device(route)) => {
+                    prop_assert_eq!(route.to_string(), msg.route.resource.clone());
+                }
                 Ok(Incoming::Twin { .. } | Incoming::Keepalive) | Err(_) => {}
             }
         }

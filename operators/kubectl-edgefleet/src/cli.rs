@@ -48,6 +48,24 @@ pub enum Command {
     /// Edge node identities: list, revoke (a stolen box).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Devices: desired vs reported per property, state, sync state.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// One Device: desired, the value the mapper holds, reported (and how long ago) and the
+    /// sync state of each property; the device's state and conditions.
+    Status(DeviceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The Device's name.
+    pub device: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 /// Token and node commands work in the hub's namespace: `-n`, else `edgefleet-system`.

@@ -7,12 +7,14 @@
 //! - `sync status NODE`: what an edge node has acknowledged, and what is pending.
 //! - `hub status`: the hub replicas' load reports, the expected share of each, the balance.
 //! - `token create|list|revoke`: scoped, expiring join tokens for edge nodes.
+//! - `device status DEVICE`: desired vs reported per property, state, sync state.
 //! - `node list|revoke`: edge node identities; revoking one closes its sessions everywhere.
 //!
 //! Rendering is pure (`render` functions over fixtures, unit-tested); the modules' `run`
 //! functions fetch and print.
 
 pub mod cli;
+pub mod device;
 pub mod error;
 pub mod hub;
 pub mod identity;
@@ -45,6 +47,7 @@ pub async fn run(cli: cli::Cli) -> Result<u8> {
         cli::Command::Hub(cli::HubCommand::Status(args)) => hub::run(&ctx, args).await,
         cli::Command::Token(cmd) => identity::token(&ctx, cmd).await,
         cli::Command::Node(cmd) => identity::node(&ctx, cmd).await,
+        cli::Command::Device(cli::DeviceCommand::Status(args)) => device::run(&ctx, args).await,
     }
 }
 

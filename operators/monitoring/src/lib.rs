@@ -36,6 +36,7 @@ pub fn exported_metrics() -> BTreeSet<String> {
     names.extend(edgefleet_objectsync::metric_names());
     names.extend(edgefleet_hub::metric_names());
     names.extend(edgefleet_balancer::metric_names());
+    names.extend(edgefleet_device::metric_names());
     names
 }
 

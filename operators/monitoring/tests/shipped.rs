@@ -46,6 +46,8 @@ fn dashboards_and_rules_name_only_exported_metrics() {
         "edgefleet_rollout_failure_budget_breaches_total",
         "edgefleet_hub_load_report_last_write_timestamp_seconds",
         "edgefleet_rollout_leader",
+        "edgefleet_device_devices",
+        "edgefleet_hub_device_report_lag_seconds",
     ] {
         assert!(used.contains(m), "{m} is not used");
     }
@@ -62,6 +64,8 @@ fn the_exported_lists_hold_every_family() {
         "edgefleet_objectsync_leader",
         "edgefleet_hub_delivery_lag_seconds",
         "edgefleet_hub_api_requests_total",
+        "edgefleet_device_devices",
+        "edgefleet_hub_device_status_writes_total",
     ] {
         assert!(exported.contains(m), "{m} missing from {exported:?}");
     }

@@ -1,0 +1,182 @@
+//! Taking one device report from a session: parse, check the binding, put it on the board, and
+//! answer once it is written. Refusals are answered (`error` with the reason) and counted; the
+//! session is never closed for a bad report.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use edgefleet_api::devices::Device;
+use edgefleet_channel::Message;
+use edgefleet_channel::ResourceType;
+use edgefleet_channel::device::{
+    DeviceRoute, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate, answer,
+};
+use kube::Api;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::MAX_WAITING_PER_SESSION;
+use super::board::{Refusal, Report};
+use crate::hub::{Hub, Session};
+use crate::lock;
+
+/// A parsed report.
+enum Parsed {
+    Twins(DeviceTwinUpdate),
+    State(DeviceStateUpdate),
+}
+
+fn topic_label(t: DeviceTopic) -> &'static str {
+    match t {
+        DeviceTopic::TwinEdgeUpdated => "twin",
+        DeviceTopic::StateUpdate => "state",
+    }
+}
+
+/// Handles one report of `session` in its own task; the answer goes to `tx`.
+pub fn on_report(
+    hub: &Arc<Hub>,
+    session: &Arc<Session>,
+    tx: &mpsc::Sender<WsMessage>,
+    route: DeviceRoute,
+    msg: Message,
+) {
+    let metrics = &hub.metrics.devices;
+    let topic = topic_label(route.topic);
+    if session.device_reports.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_PER_SESSION {
+        session.device_reports.fetch_sub(1, Ordering::Relaxed);
+        metrics.reports.with_label_values(&[topic, "busy"]).inc();
+        let reply = answer(&msg, Err("busy: too many device reports waiting"));
+        let _ = tx.try_send(WsMessage::text(reply.to_frame()));
+        return;
+    }
+    let (hub, session, tx) = (hub.clone(), session.clone(), tx.clone());
+    tokio::spawn(async move {
+        let result = take(&hub, &session.node, &route, &msg.content).await;
+        let label = match &result {
+            Ok(()) => "accepted",
+            Err((label, _)) => label,
+        };
+        hub.metrics
+            .devices
+            .reports
+            .with_label_values(&[topic, label])
+            .inc();
+        let reply = match &result {
+            Ok(()) => answer(&msg, Ok(())),
+            Err((_, reason)) => {
+                tracing::debug!(node = %session.node, %route, %reason, "device report refused");
+                answer(&msg, Err(reason))
+            }
+        };
+        let _ = tx.send(WsMessage::text(reply.to_frame())).await;
+        session.device_reports.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// Whether the device `ns/name` is bound to `node`: from the hub's cache when held, else read.
+async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'static str, String)> {
+    let cached = hub
+        .caches
+        .object(ResourceType::Device, &route.namespace, &route.name)
+        .map(|o| {
+            o.data
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    let bound_to = match cached {
+        Some(n) => n,
+        None => {
+            let api: Api<Device> = Api::namespaced(hub.client.clone(), &route.namespace);
+            match api.get_opt(&route.name).await {
+                Ok(Some(d)) => d.node_name().map(str::to_string),
+                Ok(None) => {
+                    return Err((
+                        "not_found",
+                        format!("not found: device {}/{}", route.namespace, route.name),
+                    ));
+                }
+                Err(e) => return Err(("busy", format!("busy: reading the device: {e}"))),
+            }
+        }
+    };
+    if bound_to.as_deref() == Some(node) {
+        Ok(())
+    } else {
+        Err((
+            "forbidden",
+            format!(
+                "forbidden: device {}/{} is not bound to node {node}",
+                route.namespace, route.name
+            ),
+        ))
+    }
+}
+
+/// Parses, checks and puts the report on the board, then waits for its write.
+async fn take(
+    hub: &Hub,
+    node: &str,
+    route: &DeviceRoute,
+    content: &Value,
+) -> Result<(), (&'static str, String)> {
+    let parsed = match route.topic {
+        DeviceTopic::TwinEdgeUpdated => DeviceTwinUpdate::parse(content).map(Parsed::Twins),
+        DeviceTopic::StateUpdate => DeviceStateUpdate::parse(content).map(Parsed::State),
+    }
+    .map_err(|e| ("malformed", e.to_string()))?;
+    bound(hub, node, route).await?;
+    let metrics = &hub.metrics.devices;
+    let key = (route.namespace.clone(), route.name.clone());
+    let (waiter, answered) = oneshot::channel();
+    let offered = {
+        let mut board = lock(&hub.devices.board);
+        let report = match &parsed {
+            Parsed::Twins(u) => Report::Twins(u),
+            Parsed::State(u) => Report::State(u),
+        };
+        let r = board.offer(&key, report, waiter, Instant::now());
+        metrics
+            .pending
+            .set(i64::try_from(board.len()).unwrap_or(i64::MAX));
+        if board.len() * 2 > hub.devices.settings.pending_max {
+            hub.devices.wake.notify_one();
+        }
+        r
+    };
+    match offered {
+        Ok(o) => {
+            if o.older > 0 {
+                metrics
+                    .older
+                    .with_label_values(&["board"])
+                    .inc_by(u64::try_from(o.older).unwrap_or(0));
+            }
+        }
+        Err((refusal, _)) => {
+            let reason = match refusal {
+                Refusal::Full => "full",
+                Refusal::DeviceBusy => "device_busy",
+            };
+            metrics.give_ups.with_label_values(&[reason]).inc();
+            return Err((
+                "busy",
+                format!("busy: device reports {reason}; resend later"),
+            ));
+        }
+    }
+    match tokio::time::timeout(hub.devices.settings.answer_timeout, answered).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(reason))) => Err(("busy", reason)),
+        Ok(Err(_)) | Err(_) => {
+            metrics.give_ups.with_label_values(&["timeout"]).inc();
+            Err((
+                "busy",
+                "busy: the status write did not finish; resend".into(),
+            ))
+        }
+    }
+}

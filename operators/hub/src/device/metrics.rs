@@ -1,0 +1,100 @@
+//! `edgefleet_hub_device_*`: reports taken, status writes, the report → status lag.
+
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+const LAG_SECONDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+
+#[derive(Clone, Debug)]
+pub struct DeviceMetrics {
+    /// Reports, by topic (`twin`, `state`) and result (`accepted`, `forbidden`, `malformed`,
+    /// `busy`, `not_found`).
+    pub reports: IntCounterVec,
+    /// Property values or states dropped as older than what was held, by where (`board`,
+    /// `status`).
+    pub older: IntCounterVec,
+    /// Reported properties the Device does not declare.
+    pub unknown_properties: IntCounterVec,
+    /// Device status writes, by result (`ok`, `unchanged`, `conflict`, `failed`).
+    pub writes: IntCounterVec,
+    /// Reports given up without a write, by reason (`full`, `device_busy`, `retries`,
+    /// `timeout`, `not_found`).
+    pub give_ups: IntCounterVec,
+    /// Devices with reports waiting for a write.
+    pub pending: IntGauge,
+    /// First report of a write → the write done.
+    pub lag: Histogram,
+}
+
+impl DeviceMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self::new()?;
+        for c in m.collectors() {
+            registry.register(c)?;
+        }
+        Ok(m)
+    }
+
+    pub fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            reports: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_reports_total",
+                    "Device twin and state reports from edges, by topic and result.",
+                ),
+                &["topic", "result"],
+            )?,
+            older: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_older_reports_total",
+                    "Reported values older than the one held, dropped (a resent report), by where.",
+                ),
+                &["at"],
+            )?,
+            unknown_properties: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_unknown_properties_total",
+                    "Reported properties the Device does not declare, by namespace.",
+                ),
+                &["namespace"],
+            )?,
+            writes: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_status_writes_total",
+                    "Device status writes (one per device per flush at most), by result.",
+                ),
+                &["result"],
+            )?,
+            give_ups: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_give_ups_total",
+                    "Device reports answered without being written, by reason (the edge resends).",
+                ),
+                &["reason"],
+            )?,
+            pending: IntGauge::new(
+                "edgefleet_hub_device_pending",
+                "Devices with reports waiting for a status write.",
+            )?,
+            lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "edgefleet_hub_device_report_lag_seconds",
+                    "Time from a device report reaching the hub to its value written in the Device status.",
+                )
+                .buckets(LAG_SECONDS.to_vec()),
+            )?,
+        })
+    }
+
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.reports.clone()),
+            Box::new(self.older.clone()),
+            Box::new(self.unknown_properties.clone()),
+            Box::new(self.writes.clone()),
+            Box::new(self.give_ups.clone()),
+            Box::new(self.pending.clone()),
+            Box::new(self.lag.clone()),
+        ]
+    }
+}
