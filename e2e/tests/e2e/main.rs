@@ -12,6 +12,7 @@ mod hostile;
 mod hub;
 mod identity;
 mod leader;
+mod namespaced;
 mod objectsync;
 mod observability;
 mod plugin;
