@@ -33,9 +33,10 @@ struct NamespacedRbac {
 }
 
 impl NamespacedRbac {
-    fn apply(watched: &str) -> NamespacedRbac {
+    fn apply(watched: &[&str]) -> NamespacedRbac {
         // Release named after the namespace: its ClusterRoles are this test's own.
-        let release = format!("edgefleet-{watched}");
+        let release = format!("edgefleet-{}", watched[0]);
+        let list = watched.join(",");
         let rendered = run(
             "helm",
             &[
@@ -45,7 +46,7 @@ impl NamespacedRbac {
                 "--namespace",
                 SYSTEM_NAMESPACE,
                 "--set",
-                &format!("watchNamespaces={{{watched}}}"),
+                &format!("watchNamespaces={{{list}}}"),
             ],
             None,
         )
@@ -64,7 +65,7 @@ impl NamespacedRbac {
             .collect();
         // What the operators run with in namespaced mode: the flag the chart renders.
         assert!(
-            rendered.contains(&format!("--watch-namespace={watched}")),
+            rendered.contains(&format!("--watch-namespace={list}")),
             "the rendered Deployments do not pass the watched namespace"
         );
         let manifest = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
@@ -191,7 +192,7 @@ async fn namespaced_rbac_grants_only_the_watched_namespace() {
     install_chart().await.unwrap();
     let watched = TestNamespace::new(&client, "nsw").await.unwrap();
     let other = TestNamespace::new(&client, "nsu").await.unwrap();
-    let rbac = NamespacedRbac::apply(&watched.name);
+    let rbac = NamespacedRbac::apply(&[&watched.name]);
     let (w, o) = (Some(watched.name.as_str()), Some(other.name.as_str()));
     let checks: &[(&str, &str, &str, &str)] = &[
         ("rollout", "watch", "edgefleet.io", "rolloutjobs"),
@@ -244,29 +245,28 @@ async fn namespaced_rbac_grants_only_the_watched_namespace() {
     }
 }
 
-/// objectsync and the hub with only the namespaced RBAC: a pod in the watched namespace gets its
-/// ConfigMap synced and delivered and acked; the same pod in an unwatched namespace gets no
-/// sync, and a sync made there by hand is never delivered. Neither process ever had a watch
-/// refused (it never tried beyond its namespace).
+/// objectsync and the hub with only the namespaced RBAC of two watched namespaces: a pod in
+/// each gets its ConfigMap synced, delivered and acked, also after both processes were killed
+/// and restarted; the same pod in an unwatched namespace gets no sync, and a sync made there by
+/// hand is never delivered. Neither process ever had a watch refused (it never tried beyond
+/// its namespaces).
 #[tokio::test]
-async fn namespaced_objectsync_and_hub_serve_the_watched_namespace_only() {
+async fn namespaced_objectsync_and_hub_serve_the_watched_namespaces_only() {
     let client = client().await.unwrap();
     install_crds(&client).await.unwrap();
     install_chart().await.unwrap();
     let watched = TestNamespace::new(&client, "nsw").await.unwrap();
+    let second = TestNamespace::new(&client, "nsw2").await.unwrap();
     let other = TestNamespace::new(&client, "nsu").await.unwrap();
-    let rbac = NamespacedRbac::apply(&watched.name);
+    let rbac = NamespacedRbac::apply(&[&watched.name, &second.name]);
+    let list = format!("{},{}", watched.name, second.name);
     let node = edge_node(&client, &watched).await;
 
-    let objectsync = Operator::start_as(
-        "objectsync",
-        &rbac.serviceaccount("objectsync"),
-        &watched.name,
-        &[],
-    )
-    .await
-    .unwrap();
-    let hub = HubProcess::start_as(&rbac.serviceaccount("hub"), &watched.name, &[])
+    let mut objectsync =
+        Operator::start_as("objectsync", &rbac.serviceaccount("objectsync"), &list, &[])
+            .await
+            .unwrap();
+    let mut hub = HubProcess::start_as(&rbac.serviceaccount("hub"), &list, &[])
         .await
         .unwrap();
     let edge = Edge::new(&client, &hub).await.unwrap();
@@ -277,27 +277,32 @@ async fn namespaced_objectsync_and_hub_serve_the_watched_namespace_only() {
     let mut session = edge.connect(&id, &node).await.unwrap();
 
     let uid_other = workload(&client, &other.name, &node, "unwatched").await;
-    let uid = workload(&client, &watched.name, &node, "watched").await;
+    let mut uids = Vec::new();
+    for ns in [&watched, &second] {
+        uids.push(workload(&client, &ns.name, &node, &ns.name).await);
+    }
 
-    // Watched: sync created by the operator, delivered by the hub, acked.
-    let resource = format!("{}/configmap/toll", watched.name);
-    let msg = session.expect(&resource, WAIT).await.unwrap();
-    assert_eq!(msg.route.operation, "insert");
-    assert_eq!(msg.content["data"]["v"], "watched");
-    session.ack(&msg).await.unwrap();
-    let name = sync_name(&node, &uid);
-    let syncs: Api<ObjectSync> = watched.api();
-    let rv = msg.header.resource_version.clone();
-    wait_for("the watched sync acked", WAIT, || async {
-        let acked = syncs
-            .get_opt(&name)
-            .await?
-            .and_then(|s| s.status)
-            .and_then(|s| s.object_resource_version);
-        Ok((acked.as_deref() == Some(rv.as_str())).then_some(()))
-    })
-    .await
-    .unwrap();
+    // Watched, both namespaces: sync created by the operator, delivered by the hub, acked.
+    for (ns, uid) in [&watched, &second].into_iter().zip(&uids) {
+        let resource = format!("{}/configmap/toll", ns.name);
+        let msg = session.expect(&resource, WAIT).await.unwrap();
+        assert_eq!(msg.route.operation, "insert");
+        assert_eq!(msg.content["data"]["v"], ns.name.as_str());
+        session.ack(&msg).await.unwrap();
+        let name = sync_name(&node, uid);
+        let syncs: Api<ObjectSync> = ns.api();
+        let rv = msg.header.resource_version.clone();
+        wait_for("the watched sync acked", WAIT, || async {
+            let acked = syncs
+                .get_opt(&name)
+                .await?
+                .and_then(|s| s.status)
+                .and_then(|s| s.object_resource_version);
+            Ok((acked.as_deref() == Some(rv.as_str())).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
 
     // Unwatched: a sync made there by hand (as a cluster-wide objectsync would) is never
     // delivered, and the operator made none of its own.
@@ -316,19 +321,33 @@ async fn namespaced_objectsync_and_hub_serve_the_watched_namespace_only() {
         .create(&PostParams::default(), &sync)
         .await
         .unwrap();
-    // The watched namespace keeps being served meanwhile: a change there arrives (so both
-    // processes were live while the unwatched sync sat there).
-    apply_object(
-        &client,
-        &json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "toll"}, "data": {"v": "watched-2"}}),
-        Some(&watched.name),
-    )
+
+    // Both processes killed and restarted (a new list of each namespace); the edge reconnects.
+    drop(session);
+    objectsync.restart().unwrap();
+    hub.restart().await.unwrap();
+    let mut session = wait_for("the session again", WAIT, || async {
+        Ok(edge.connect(&id, &node).await.ok())
+    })
     .await
     .unwrap();
-    let update = session.expect(&resource, WAIT).await.unwrap();
-    assert_eq!(update.content["data"]["v"], "watched-2");
-    session.ack(&update).await.unwrap();
+
+    // The watched namespaces keep being served: a change in each arrives (so both processes
+    // were live, and listed, while the unwatched sync sat there).
+    for ns in [&watched, &second] {
+        apply_object(
+            &client,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "toll"}, "data": {"v": "changed"}}),
+            Some(&ns.name),
+        )
+        .await
+        .unwrap();
+        let resource = format!("{}/configmap/toll", ns.name);
+        let update = session.expect(&resource, WAIT).await.unwrap();
+        assert_eq!(update.content["data"]["v"], "changed");
+        session.ack(&update).await.unwrap();
+    }
     let unwatched_prefix = format!("{}/", other.name);
     match session.next(Duration::from_secs(8)).await {
         None => {}
@@ -339,15 +358,15 @@ async fn namespaced_objectsync_and_hub_serve_the_watched_namespace_only() {
         ),
         Some(Got::Closed(c)) => panic!("session closed: {c:?}"),
     }
-    let list = other_syncs.list(&ListParams::default()).await.unwrap();
-    let names: Vec<String> = list.items.iter().map(|s| s.name_any()).collect();
+    let listed = other_syncs.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = listed.items.iter().map(|s| s.name_any()).collect();
     assert_eq!(
         names,
         [by_hand.clone()],
         "objectsync acted in an unwatched namespace"
     );
     assert!(
-        list.items[0].status.is_none(),
+        listed.items[0].status.is_none(),
         "the hub wrote the status of an unwatched sync"
     );
     // Nor can the node read it through the hub.
@@ -375,7 +394,6 @@ async fn namespaced_objectsync_and_hub_serve_the_watched_namespace_only() {
     drop(session);
     drop(hub);
     drop(objectsync);
-    // The sync made by hand has no finalizer; the watched one's goes with its namespace.
     let _ = Api::<Node>::all(client.clone())
         .delete(&node, &DeleteParams::default())
         .await;
@@ -393,7 +411,7 @@ async fn namespaced_rollout_ignores_an_unwatched_namespace_and_says_when_it_cann
     install_chart().await.unwrap();
     let watched = TestNamespace::new(&client, "nsw").await.unwrap();
     let other = TestNamespace::new(&client, "nsu").await.unwrap();
-    let rbac = NamespacedRbac::apply(&watched.name);
+    let rbac = NamespacedRbac::apply(&[&watched.name]);
     let job = |name: &str| {
         json!({
             "apiVersion": "edgefleet.io/v1alpha1", "kind": "RolloutJob",
