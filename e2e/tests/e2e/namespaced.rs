@@ -362,7 +362,7 @@ async fn namespaced_objectsync_and_hub_serve_the_watched_namespaces_only() {
     let names: Vec<String> = listed.items.iter().map(|s| s.name_any()).collect();
     assert_eq!(
         names,
-        [by_hand.clone()],
+        [by_hand],
         "objectsync acted in an unwatched namespace"
     );
     assert!(
