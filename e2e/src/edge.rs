@@ -74,6 +74,20 @@ pub struct HubProcess {
 impl HubProcess {
     /// Starts a hub replica for `namespace` on a free port and waits until it listens.
     pub async fn start(namespace: &str, extra: &[&str]) -> Result<HubProcess> {
+        Self::start_inner(None, namespace, extra).await
+    }
+
+    /// [`HubProcess::start`] as ServiceAccount `serviceaccount` of the system namespace,
+    /// watching `watch` (a comma-separated list of namespaces): see [`Operator::start_as`].
+    pub async fn start_as(serviceaccount: &str, watch: &str, extra: &[&str]) -> Result<HubProcess> {
+        Self::start_inner(Some(serviceaccount), watch, extra).await
+    }
+
+    async fn start_inner(
+        serviceaccount: Option<&str>,
+        namespace: &str,
+        extra: &[&str],
+    ) -> Result<HubProcess> {
         let port = free_port()?;
         let mut args = vec![
             format!("--listen=127.0.0.1:{port}"),
@@ -81,7 +95,10 @@ impl HubProcess {
             "--lease-renew-seconds=2".to_string(),
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let op = Operator::start_with_args("hub", namespace, &args).await?;
+        let op = match serviceaccount {
+            Some(sa) => Operator::start_as("hub", sa, namespace, &args).await?,
+            None => Operator::start_with_args("hub", namespace, &args).await?,
+        };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let hub = HubProcess { op, addr };
         hub.wait_listening().await?;

@@ -111,6 +111,8 @@ pub struct Operator {
     extra_args: Vec<String>,
     /// Tells apart instances of one component in one namespace ("" for the first kind).
     tag: String,
+    /// `--watch-namespace` when it is not just `watch_namespace` ([`Operator::start_as`]).
+    watch_list: Option<String>,
 }
 
 static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -139,6 +141,24 @@ impl Operator {
         Self::start_tagged(component, namespace, &[], true).await
     }
 
+    /// [`Operator::start_with_args`] as another ServiceAccount of [`SYSTEM_NAMESPACE`] (e.g. one
+    /// of a namespaced-mode rendering of the chart, whose RBAC the test applied), watching
+    /// `watch` (one namespace or a comma-separated list). Its Lease and log are named after
+    /// `watch`'s first namespace.
+    pub async fn start_as(
+        component: &str,
+        serviceaccount: &str,
+        watch: &str,
+        extra_args: &[String],
+    ) -> Result<Self> {
+        install_chart().await?;
+        let first = watch.split(',').next().unwrap_or(watch);
+        let mut op = Self::prepare(component, serviceaccount, first, extra_args, true)?;
+        op.watch_list = Some(watch.to_owned());
+        op.spawn()?;
+        Ok(op)
+    }
+
     async fn start_tagged(
         component: &str,
         namespace: &str,
@@ -146,6 +166,24 @@ impl Operator {
         tagged: bool,
     ) -> Result<Self> {
         install_chart().await?;
+        let mut op = Self::prepare(
+            component,
+            &format!("{RELEASE}-{component}"),
+            namespace,
+            extra_args,
+            tagged,
+        )?;
+        op.spawn()?;
+        Ok(op)
+    }
+
+    fn prepare(
+        component: &str,
+        serviceaccount: &str,
+        namespace: &str,
+        extra_args: &[String],
+        tagged: bool,
+    ) -> Result<Self> {
         let tag = if tagged {
             format!(
                 "-i{}",
@@ -156,13 +194,13 @@ impl Operator {
         };
         let name = format!("edgefleet-{component}");
         let kubeconfig = serviceaccount_kubeconfig(
-            &format!("{RELEASE}-{component}"),
-            &format!("{namespace}-{component}.kubeconfig"),
+            serviceaccount,
+            &format!("{namespace}-{component}{tag}.kubeconfig"),
         )?;
         let log = repo_root()
             .join("hack/.cluster/logs")
             .join(format!("e2e-{namespace}-{component}{tag}.log"));
-        let mut op = Self {
+        let op = Self {
             name,
             watch_namespace: namespace.to_string(),
             child: None,
@@ -171,8 +209,8 @@ impl Operator {
             starts: 0,
             extra_args: extra_args.to_vec(),
             tag,
+            watch_list: None,
         };
-        op.spawn()?;
         Ok(op)
     }
 
@@ -210,7 +248,10 @@ impl Operator {
                 &format!("--leader-election-id={}", self.lease_name()),
                 "--lease-duration-seconds=4",
                 "--lease-grace-seconds=2",
-                &format!("--watch-namespace={}", self.watch_namespace),
+                &format!(
+                    "--watch-namespace={}",
+                    self.watch_list.as_deref().unwrap_or(&self.watch_namespace)
+                ),
                 &format!("--identity={}", self.identity()),
             ])
             .stdout(log.try_clone()?)

@@ -74,6 +74,57 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 - --leader-election-id={{ include "edgefleet.operatorName" . }}
 - --lease-duration-seconds={{ .root.Values.leaderElection.leaseDurationSeconds }}
 - --lease-grace-seconds={{ .root.Values.leaderElection.graceSeconds }}
+{{- if and (include "edgefleet.namespaced" .) (has .name (list "rollout" "objectsync" "hub")) }}
+- --watch-namespace={{ join "," .root.Values.watchNamespaces }}
+{{- end }}
+{{- end -}}
+
+{{/* "true" in namespaced mode (.Values.watchNamespaces set), "" otherwise; fails on a name
+that is not a namespace name, before anything is applied. (dict "root" $ ...) */}}
+{{- define "edgefleet.namespaced" -}}
+{{- range .root.Values.watchNamespaces -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" (toString .)) -}}
+{{- fail (printf "watchNamespaces: %q is not a namespace name (lowercase letters, digits and '-', at most 63)" (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if .root.Values.watchNamespaces }}true{{ end -}}
+{{- end -}}
+
+{{/* An operator's rights on namespaced resources: in its ClusterRole (cluster-wide mode,
+nothing here) or, in namespaced mode, a Role and RoleBinding in each watched namespace.
+(dict "root" $ "name" NAME "rules" YAML-LIST) */}}
+{{- define "edgefleet.watchedRbac" -}}
+{{- if include "edgefleet.namespaced" . }}
+{{- $name := include "edgefleet.operatorName" . }}
+{{- range .root.Values.watchNamespaces | uniq }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {{ $name }}-watched
+  namespace: {{ . }}
+  labels:
+    {{- include "edgefleet.labels" $.root | nindent 4 }}
+rules:
+  {{- $.rules | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ $name }}-watched
+  namespace: {{ . }}
+  labels:
+    {{- include "edgefleet.labels" $.root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ $name }}-watched
+subjects:
+  - kind: ServiceAccount
+    name: {{ $name }}
+    namespace: {{ $.root.Release.Namespace }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Environment every operator reads: its identity and namespace for leader election, log level. */}}

@@ -13,6 +13,7 @@ mod hostile;
 mod hub;
 mod identity;
 mod leader;
+mod namespaced;
 mod objectsync;
 mod observability;
 mod plugin;

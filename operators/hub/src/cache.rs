@@ -76,8 +76,9 @@ pub type ObjKey = (ResourceType, String, String);
 #[derive(Debug, Default)]
 struct Objects {
     by_key: HashMap<ObjKey, Arc<DynamicObject>>,
-    /// Keys seen during the current (re-)list of a kind: what was not seen is gone.
-    listing: HashMap<ResourceType, HashSet<ObjKey>>,
+    /// Keys seen during the current (re-)list of a kind in a scope (a watched namespace, or
+    /// `None` for all): what was not seen in that scope is gone.
+    listing: HashMap<(ResourceType, Option<String>), HashSet<ObjKey>>,
 }
 
 /// Objects to read from the API because a sync needs one the cache does not hold (a Secret,
@@ -124,9 +125,11 @@ impl FetchQueue {
     }
 }
 
-/// The replica's caches: the ObjectSync store, the index, the objects syncs name.
+/// The replica's caches: the ObjectSync stores (one per watched scope), the index, the objects
+/// syncs name.
 pub struct Caches {
-    pub syncs: Store<ObjectSync>,
+    /// (scope, its ObjectSyncs), stripped to what routing reads ([`crate::route`]).
+    pub syncs: Vec<(Option<String>, Store<ObjectSync>)>,
     objects: Mutex<Objects>,
     pub index: Mutex<SyncIndex>,
     pub fetch: FetchQueue,
@@ -134,9 +137,14 @@ pub struct Caches {
     pub listed: AtomicUsize,
 }
 
-/// The ObjectSync reflector's writer, consumed by the watchers.
+/// The ObjectSync reflectors' writers (one per scope), consumed by the watchers.
 pub struct Writers {
-    pub syncs: reflector::store::Writer<ObjectSync>,
+    pub syncs: Vec<(Option<String>, reflector::store::Writer<ObjectSync>)>,
+}
+
+/// Whether namespace `ns` lies in `scope` (`None`: every namespace).
+pub fn in_scope(scope: Option<&str>, ns: &str) -> bool {
+    scope.is_none_or(|s| s == ns)
 }
 
 /// Whether objects of kind `t` may be held in memory (Secrets never are).
@@ -145,8 +153,15 @@ pub fn cacheable(t: ResourceType) -> bool {
 }
 
 impl Caches {
-    pub fn new() -> (Caches, Writers) {
-        let (syncs, sync_writer) = reflector::store();
+    /// Caches for `scopes`: `[None]` (every namespace) or the watched namespaces.
+    pub fn new(scopes: &[Option<String>]) -> (Caches, Writers) {
+        let (syncs, sync_writers) = scopes
+            .iter()
+            .map(|scope| {
+                let (store, writer) = reflector::store();
+                ((scope.clone(), store), (scope.clone(), writer))
+            })
+            .unzip();
         (
             Caches {
                 syncs,
@@ -155,7 +170,9 @@ impl Caches {
                 fetch: FetchQueue::default(),
                 listed: AtomicUsize::new(0),
             },
-            Writers { syncs: sync_writer },
+            Writers {
+                syncs: sync_writers,
+            },
         )
     }
 
@@ -183,10 +200,12 @@ impl Caches {
         let key = (t, obj.namespace().unwrap_or_default(), obj.name_any());
         let keep = cacheable(t) && obj.uid().is_some_and(|u| self.wanted(&u));
         let mut o = lock(&self.objects);
-        if let Some(seen) = o.listing.get_mut(&t)
-            && keep
-        {
-            seen.insert(key.clone());
+        if keep {
+            for ((kind, scope), seen) in o.listing.iter_mut() {
+                if *kind == t && in_scope(scope.as_deref(), &key.1) {
+                    seen.insert(key.clone());
+                }
+            }
         }
         if keep {
             o.by_key.insert(key, obj.clone());
@@ -203,16 +222,20 @@ impl Caches {
             .remove(&(t, ns.to_string(), name.to_string()));
     }
 
-    /// A (re-)list of kind `t` begins.
-    pub fn listing_started(&self, t: ResourceType) {
-        lock(&self.objects).listing.insert(t, HashSet::new());
+    /// A (re-)list of kind `t` in `scope` begins.
+    pub fn listing_started(&self, t: ResourceType, scope: Option<&str>) {
+        lock(&self.objects)
+            .listing
+            .insert((t, scope.map(str::to_owned)), HashSet::new());
     }
 
-    /// A (re-)list of kind `t` ended: what it did not see is gone.
-    pub fn listing_done(&self, t: ResourceType) {
+    /// A (re-)list of kind `t` in `scope` ended: what it did not see there is gone (what other
+    /// scopes' watches hold stays).
+    pub fn listing_done(&self, t: ResourceType, scope: Option<&str>) {
         let mut o = lock(&self.objects);
-        if let Some(seen) = o.listing.remove(&t) {
-            o.by_key.retain(|k, _| k.0 != t || seen.contains(k));
+        if let Some(seen) = o.listing.remove(&(t, scope.map(str::to_owned))) {
+            o.by_key
+                .retain(|k, _| k.0 != t || !in_scope(scope, &k.1) || seen.contains(k));
         }
     }
 
@@ -244,8 +267,11 @@ impl Caches {
     }
 
     pub fn sync(&self, ns: &str, name: &str) -> Option<Arc<ObjectSync>> {
+        let key = ObjectRef::<ObjectSync>::new(name).within(ns);
         self.syncs
-            .get(&ObjectRef::<ObjectSync>::new(name).within(ns))
+            .iter()
+            .filter(|(scope, _)| in_scope(scope.as_deref(), ns))
+            .find_map(|(_, store)| store.get(&key))
     }
 
     /// Whether `node` has a sync for the object `uid`.
@@ -276,7 +302,7 @@ impl Caches {
     pub fn rebuild_index(&self) {
         let mut index = SyncIndex::default();
         let mut guard = lock(&self.index);
-        for sync in self.syncs.state() {
+        for sync in self.syncs.iter().flat_map(|(_, store)| store.state()) {
             if let Some((node, uid, ns, name)) = keys(&sync) {
                 index.add(node, uid, &ns, &name);
                 let key = (ns, name);
@@ -333,7 +359,7 @@ mod tests {
 
     #[test]
     fn only_objects_a_sync_names_are_held_and_never_a_secret() {
-        let (caches, _w) = Caches::new();
+        let (caches, _w) = Caches::new(&[None]);
         let t = ResourceType::ConfigMap;
         assert!(!caches.observe(t, &cm("cfg", UID)), "no sync names it yet");
         assert!(!caches.observe(t, &cm("unrelated", "u-2")));
@@ -344,8 +370,8 @@ mod tests {
         assert_eq!(caches.objects_len(), 1);
 
         // A re-list that does not see it: gone.
-        caches.listing_started(t);
-        caches.listing_done(t);
+        caches.listing_started(t, None);
+        caches.listing_done(t, None);
         assert!(caches.object(t, "ns", "cfg").is_none());
 
         // The last sync naming it goes: dropped.
@@ -353,6 +379,44 @@ mod tests {
         lock(&caches.index).remove("edge-1", UID, "ns", &format!("edge-1.{UID}"));
         caches.sync_gone(&sync(), UID);
         assert_eq!(caches.objects_len(), 0);
+    }
+
+    /// One watch per watched namespace: a relist of one namespace drops what it did not see
+    /// there, never what another namespace's watch holds.
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_others() {
+        let scopes = [Some("ns".to_string()), Some("other".to_string())];
+        let (caches, _w) = Caches::new(&scopes);
+        let t = ResourceType::ConfigMap;
+        let ar = api_resource(t).unwrap();
+        let mut there = DynamicObject::new("cfg", &ar).within("other");
+        there.metadata.uid = Some("u-other".into());
+        lock(&caches.index).add("edge-1", UID, "ns", &format!("edge-1.{UID}"));
+        lock(&caches.index).add("edge-1", "u-other", "other", "edge-1.u-other");
+        assert!(caches.observe(t, &cm("cfg", UID)));
+        assert!(caches.observe(t, &Arc::new(there)));
+
+        caches.listing_started(t, Some("ns"));
+        caches.listing_done(t, Some("ns"));
+        assert!(
+            caches.object(t, "ns", "cfg").is_none(),
+            "not seen in its relist"
+        );
+        assert!(
+            caches.object(t, "other", "cfg").is_some(),
+            "another scope's"
+        );
+
+        // A relist that sees it keeps it.
+        assert!(caches.observe(t, &cm("cfg", UID)));
+        caches.listing_started(t, Some("ns"));
+        assert!(caches.observe(t, &cm("cfg", UID)));
+        caches.listing_done(t, Some("ns"));
+        assert!(caches.object(t, "ns", "cfg").is_some());
+
+        // Syncs are looked up in their namespace's store only.
+        assert!(caches.sync("ns", "x").is_none());
+        assert_eq!(caches.syncs.len(), 2);
     }
 
     #[tokio::test]

@@ -171,7 +171,8 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let (caches, writers) = Caches::new();
+    // One ObjectSync store and object watch per watched namespace, or one cluster-wide.
+    let (caches, writers) = Caches::new(&cli.common.watch_scopes());
     let caches = Arc::new(caches);
     let board = Arc::new(StatusBoard::new(cli.status_pending_max));
     // The hub's tasks stop on their own token, tripped after sessions were told to reconnect.
@@ -186,11 +187,7 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let watchers = tokio::spawn(route::run_watchers(
-        hub.clone(),
-        writers,
-        cli.common.watch_namespace.clone(),
-    ));
+    let watchers = tokio::spawn(route::run_watchers(hub.clone(), writers));
     let status = tokio::spawn(status::run(
         status::Writer {
             client: hub.client.clone(),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgefleet_api::objectsync::{FINALIZER, ObjectSync, compare_resource_versions, object_uid_of};
+use edgefleet_api::objectsync::{
+    FINALIZER, NODE_LABEL, ObjectSync, RESYNC_ANNOTATION, compare_resource_versions, object_uid_of,
+};
 use edgefleet_channel::{Resource, ResourceType};
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -231,55 +233,105 @@ async fn run_fetcher(hub: Arc<Hub>) {
     .await;
 }
 
-/// Runs the watchers until `hub.shutdown`: the ObjectSync reflector, and a watcher per delivered
-/// kind but Secrets whose events are held only when a sync names the object (dropped
-/// otherwise), in `namespace` or cluster-wide; plus the fetcher.
-pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<String>) {
+/// Keeps of an ObjectSync what routing and the status writer read: name, namespace, uid,
+/// resourceVersion, generation, finalizers, deletion mark, the node label, the resync
+/// annotation, the spec and the acked resourceVersion. Conditions, attempts, managedFields,
+/// other labels and annotations are dropped: a replica holds every sync of its scope, so this
+/// is what its memory grows with.
+pub fn strip_sync(sync: &mut ObjectSync) {
+    let meta = &mut sync.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == NODE_LABEL);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == RESYNC_ANNOTATION);
+    }
+    if let Some(status) = sync.status.as_mut() {
+        status.conditions = None;
+        status.attempts = None;
+        status.last_attempt_time = None;
+    }
+}
+
+/// Runs the watchers until `hub.shutdown`: per scope (a watched namespace, or `None` for
+/// every namespace) an ObjectSync reflector, and a watcher per delivered kind but Secrets whose
+/// events are held only when a sync names the object (dropped otherwise); plus the fetcher.
+pub async fn run_watchers(hub: Arc<Hub>, writers: Writers) {
     let client = hub.client.clone();
-    let sync_api: Api<ObjectSync> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let h = hub.clone();
-    let syncs = reflector::reflector(
-        writers.syncs,
-        watcher(sync_api, watcher::Config::default())
-            .default_backoff()
-            .modify(strip_managed_fields),
-    )
-    .for_each(move |ev| {
-        match ev {
-            Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
-                on_sync(&h, &s, false)
-            }
-            Ok(watcher::Event::Delete(s)) => on_sync(&h, &s, true),
-            Ok(watcher::Event::InitDone) => {
-                h.caches.rebuild_index();
-                // The store swaps the list in only now: a session taken during the list (or a
-                // fetch that came back then) could not look its syncs up. Compare them all.
-                for session in h.registry.all() {
-                    session_started(&h, &session);
-                }
-            }
-            Ok(watcher::Event::Init) => {}
-            Err(e) => {
-                h.metrics
-                    .api_errors
-                    .with_label_values(&["watch_objectsyncs"])
-                    .inc();
-                tracing::warn!(error = %e, "ObjectSync watch");
-            }
-        }
-        futures::future::ready(())
-    });
-    let mut tasks = vec![tokio::spawn(syncs), tokio::spawn(run_fetcher(hub.clone()))];
-    for t in DELIVERED.into_iter().filter(|t| cacheable(*t)) {
-        let Some(api) = objects_api(&client, t, namespace.as_deref()) else {
-            continue;
+    let mut tasks = vec![tokio::spawn(run_fetcher(hub.clone()))];
+    for (scope, writer) in writers.syncs {
+        let sync_api: Api<ObjectSync> = match &scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
         };
         let h = hub.clone();
-        let mut first_list = true;
-        let objects = watcher(api, watcher::Config::default())
+        let scope_of_watch = scope.clone();
+        let syncs = reflector::reflector(
+            writer,
+            watcher(sync_api, watcher::Config::default())
+                .default_backoff()
+                .modify(strip_sync),
+        )
+        .for_each(move |ev| {
+            match ev {
+                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
+                    on_sync(&h, &s, false)
+                }
+                Ok(watcher::Event::Delete(s)) => on_sync(&h, &s, true),
+                Ok(watcher::Event::InitDone) => {
+                    h.caches.rebuild_index();
+                    // The store swaps the list in only now: a session taken during the list
+                    // (or a fetch that came back then) could not look its syncs up. Compare
+                    // them all.
+                    for session in h.registry.all() {
+                        session_started(&h, &session);
+                    }
+                }
+                Ok(watcher::Event::Init) => {}
+                Err(e) => {
+                    h.metrics
+                        .api_errors
+                        .with_label_values(&["watch_objectsyncs"])
+                        .inc();
+                    tracing::warn!(
+                        namespace = scope_name(scope_of_watch.as_deref()),
+                        error = %e,
+                        "ObjectSync watch"
+                    );
+                }
+            }
+            futures::future::ready(())
+        });
+        tasks.push(tokio::spawn(syncs));
+        for t in DELIVERED.into_iter().filter(|t| cacheable(*t)) {
+            if let Some(objects) = watch_objects(hub.clone(), t, scope.clone()) {
+                tasks.push(tokio::spawn(objects));
+            }
+        }
+    }
+    hub.shutdown.cancelled().await;
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn scope_name(scope: Option<&str>) -> &str {
+    scope.unwrap_or("*")
+}
+
+/// The watcher of delivered kind `t` in `scope`: what it sees is held only when a sync names it.
+fn watch_objects(
+    hub: Arc<Hub>,
+    t: ResourceType,
+    scope: Option<String>,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let api = objects_api(&hub.client, t, scope.as_deref())?;
+    let h = hub;
+    let mut first_list = true;
+    Some(
+        watcher(api, watcher::Config::default())
             .default_backoff()
             .modify(strip_managed_fields)
             .for_each(move |ev| {
@@ -294,9 +346,9 @@ pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<Str
                         h.caches
                             .forget(t, &o.namespace().unwrap_or_default(), &o.name_any());
                     }
-                    Ok(watcher::Event::Init) => h.caches.listing_started(t),
+                    Ok(watcher::Event::Init) => h.caches.listing_started(t, scope.as_deref()),
                     Ok(watcher::Event::InitDone) => {
-                        h.caches.listing_done(t);
+                        h.caches.listing_done(t, scope.as_deref());
                         if std::mem::take(&mut first_list) {
                             h.caches.listed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -306,24 +358,27 @@ pub async fn run_watchers(hub: Arc<Hub>, writers: Writers, namespace: Option<Str
                             .api_errors
                             .with_label_values(&["watch_objects"])
                             .inc();
-                        tracing::warn!(kind = %t, error = %e, "object watch");
+                        tracing::warn!(
+                            kind = %t,
+                            namespace = scope_name(scope.as_deref()),
+                            error = %e,
+                            "object watch"
+                        );
                     }
                 }
                 futures::future::ready(())
-            });
-        tasks.push(tokio::spawn(objects));
-    }
-    hub.shutdown.cancelled().await;
-    for t in tasks {
-        t.abort();
-    }
+            }),
+    )
 }
 
-/// Waits until the ObjectSyncs and every watched kind have listed once (bounded).
+/// Waits until the ObjectSyncs and every watched kind have listed once in every scope
+/// (bounded).
 pub async fn wait_ready(hub: &Hub, timeout: Duration) -> bool {
-    let kinds = DELIVERED.iter().filter(|t| cacheable(**t)).count();
+    let kinds = DELIVERED.iter().filter(|t| cacheable(**t)).count() * hub.caches.syncs.len();
     let all = async {
-        let _ = hub.caches.syncs.wait_until_ready().await;
+        for (_, store) in &hub.caches.syncs {
+            let _ = store.wait_until_ready().await;
+        }
         while hub.caches.listed.load(Ordering::Relaxed) < kinds {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -366,6 +421,58 @@ mod tests {
         o.metadata.uid = Some(uid.into());
         o.metadata.resource_version = Some(rv.into());
         Arc::new(o)
+    }
+
+    /// What a replica holds per sync is what routing reads: the rest of the object is dropped
+    /// on sight, and what is kept still plans the same.
+    #[test]
+    fn a_held_sync_keeps_only_what_routing_reads() {
+        let mut s = sync(Some("11"));
+        s.metadata.labels = Some(
+            [
+                (NODE_LABEL.to_string(), "edge-1".to_string()),
+                ("team".into(), "a".into()),
+            ]
+            .into(),
+        );
+        s.metadata.annotations = Some(
+            [
+                (RESYNC_ANNOTATION.to_string(), "t1".to_string()),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".into(),
+                    "x".repeat(4096),
+                ),
+            ]
+            .into(),
+        );
+        s.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        s.metadata.managed_fields = Some(vec![Default::default()]);
+        if let Some(st) = s.status.as_mut() {
+            st.attempts = Some(3);
+            st.conditions = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "Delivered".into(),
+                    status: "True".into(),
+                    reason: "Acknowledged".into(),
+                    message: "x".repeat(256),
+                    last_transition_time: now_time(),
+                    observed_generation: Some(1),
+                },
+            ]);
+            st.last_attempt_time = Some(now_time());
+        }
+        let obj = live(UID, "12");
+        let before = plan(&s, Some(&obj)).map(|(op, rv, _)| (op, rv));
+        strip_sync(&mut s);
+        assert_eq!(plan(&s, Some(&obj)).map(|(op, rv, _)| (op, rv)), before);
+        assert_eq!(s.node_name(), Some("edge-1"));
+        assert_eq!(s.labels().len(), 1);
+        assert_eq!(s.annotations().len(), 1, "only the resync annotation");
+        assert_eq!(s.finalizers(), [FINALIZER.to_string()]);
+        assert!(s.metadata.managed_fields.is_none());
+        let st = s.status.as_ref().unwrap();
+        assert_eq!(st.object_resource_version.as_deref(), Some("11"));
+        assert!(st.conditions.is_none() && st.attempts.is_none());
     }
 
     #[test]

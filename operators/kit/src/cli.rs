@@ -67,9 +67,10 @@ pub struct CommonArgs {
     #[arg(long, env = "EDGEFLEET_LEASE_GRACE_SECONDS", default_value_t = 5)]
     pub lease_grace_seconds: u64,
 
-    /// Watch and act in this namespace only (a namespaced install, or one test namespace);
-    /// default: every namespace.
-    #[arg(long, env = "EDGEFLEET_WATCH_NAMESPACE")]
+    /// Watch and act in these namespaces only, comma-separated (the chart's namespaced mode,
+    /// or one test namespace); default: every namespace. Rollout, objectsync and the hub take a
+    /// list ([`CommonArgs::watch_scopes`]); device and balancer take one namespace.
+    #[arg(long, env = "EDGEFLEET_WATCH_NAMESPACE", value_parser = parse_namespaces)]
     pub watch_namespace: Option<String>,
 
     /// This replica's identity in the Lease and in events [default: hostname + random suffix].
@@ -83,10 +84,51 @@ impl CommonArgs {
         self.leader_election_id.as_deref().unwrap_or(default)
     }
 
+    /// What to watch: `[None]` (every namespace) or one `Some(namespace)` per listed namespace,
+    /// each once, in the order given. A watch per entry: a namespaced install's RBAC grants
+    /// nothing cluster-wide, so one cluster-wide watch filtered locally would be refused.
+    pub fn watch_scopes(&self) -> Vec<Option<String>> {
+        match &self.watch_namespace {
+            None => vec![None],
+            Some(list) => {
+                let mut out: Vec<Option<String>> = Vec::new();
+                for ns in list.split(',').map(str::trim) {
+                    if !out.iter().any(|o| o.as_deref() == Some(ns)) {
+                        out.push(Some(ns.to_owned()));
+                    }
+                }
+                out
+            }
+        }
+    }
+
     /// The Lease timings, checked.
     pub fn lease_timing(&self) -> crate::Result<LeaseTiming> {
         LeaseTiming::new(self.lease_duration_seconds, self.lease_grace_seconds)
     }
+}
+
+/// `--watch-namespace`: a comma-separated list of namespace names (DNS-1123 labels), none
+/// empty. Refused at start with the offending name, so a typo in the chart's `watchNamespaces`
+/// fails loudly instead of watching nothing.
+fn parse_namespaces(value: &str) -> Result<String, String> {
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    for name in &names {
+        let label = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(format!(
+                "{name:?} is not a namespace name (lowercase letters, digits and '-', at most 63, \
+                 comma-separated, none empty)"
+            ));
+        }
+    }
+    Ok(names.join(","))
 }
 
 /// Hostname plus a random suffix: two processes on one host (or a restarted process whose old
@@ -184,6 +226,33 @@ mod tests {
         assert_eq!(a.lease_name("edgefleet-rollout"), "my-lease");
         assert_eq!((a.lease_duration_seconds, a.lease_grace_seconds), (4, 1));
         assert_eq!(a.identity, "pod-0");
+    }
+
+    #[test]
+    fn watch_scopes() {
+        let scopes = |args: &[&str]| parse(args).map(|a| a.watch_scopes());
+        let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        if env_is_clean() {
+            assert_eq!(scopes(&[]).unwrap(), vec![None], "default: cluster-wide");
+        }
+        for (args, want) in [
+            (&["--watch-namespace=a"][..], some(&["a"])),
+            (&["--watch-namespace=a,b"][..], some(&["a", "b"])),
+            (
+                &["--watch-namespace=team-1, team-2"][..],
+                some(&["team-1", "team-2"]),
+            ),
+            (&["--watch-namespace=a,b,a"][..], some(&["a", "b"])),
+        ] {
+            assert_eq!(scopes(args).unwrap(), want, "{args:?}");
+        }
+        for bad in ["", "a,,b", "a,", "A", "a_b", "-a", "a-", "a b"] {
+            let err = parse(&[&format!("--watch-namespace={bad}")]).unwrap_err();
+            assert!(
+                err.to_string().contains("is not a namespace name"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -33,8 +33,9 @@ use crate::watch::{self, Table};
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Watch objects in this namespace only (`--watch-namespace`); nodes are cluster-wide.
-    pub namespace: Option<String>,
+    /// What to watch (`--watch-namespace`, [`edgefleet_kit::CommonArgs::watch_scopes`]): `[None]`
+    /// for every namespace, else one watch per namespace; nodes are cluster-wide.
+    pub scopes: Vec<Option<String>>,
     pub window: Window,
     /// Nodes reconciled concurrently.
     pub workers: usize,
@@ -46,7 +47,8 @@ pub struct Config {
 pub struct Shared {
     index: Mutex<Index>,
     queue: Queue,
-    synced: tokio::sync::watch::Sender<Vec<Table>>,
+    /// (table, scope) of every watch that listed once.
+    synced: tokio::sync::watch::Sender<Vec<(Table, Option<String>)>>,
     failures: Mutex<HashMap<String, u32>>,
     /// Syncs a warning about unordered versions was published for (once per process).
     warned: Mutex<HashSet<(String, String)>>,
@@ -90,21 +92,30 @@ impl Shared {
         }
     }
 
-    pub fn mark_synced(&self, table: Table) {
+    pub fn mark_synced(&self, table: Table, scope: Option<String>) {
         self.synced.send_if_modified(|tables| {
-            if tables.contains(&table) {
+            let key = (table, scope);
+            if tables.contains(&key) {
                 return false;
             }
-            tracing::info!(table = table.name(), "cache synced");
-            tables.push(table);
+            tracing::info!(table = key.0.name(), namespace = ?key.1, "cache synced");
+            tables.push(key);
             true
         });
     }
 
-    async fn wait_synced(&self) {
+    /// Until every table listed once in every scope (nodes: cluster-wide only).
+    async fn wait_synced(&self, scopes: &[Option<String>]) {
         let mut rx = self.synced.subscribe();
         let _ = rx
-            .wait_for(|tables| Table::ALL.iter().all(|t| tables.contains(t)))
+            .wait_for(|tables| {
+                Table::ALL.iter().all(|t| {
+                    if *t == Table::Nodes {
+                        return tables.contains(&(*t, None));
+                    }
+                    scopes.iter().all(|s| tables.contains(&(*t, s.clone())))
+                })
+            })
             .await;
     }
 }
@@ -141,71 +152,80 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(Shared::new(config.window, sync_metrics));
-    let ns = &config.namespace;
     let default = watcher::Config::default;
 
-    let watches = async {
-        tokio::join!(
-            watch::drive(
-                Table::Pods,
-                // Only pods bound to a node matter.
-                stream(
-                    namespaced::<Pod>(&client, ns),
-                    default().fields("spec.nodeName!=")
-                ),
-                watch::pod_entry,
-                shared.clone(),
+    // One watch per table and scope, every one feeding the one index.
+    let mut watches: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = Vec::new();
+    for scope in &config.scopes {
+        let ns = scope;
+        let s = || scope.clone();
+        watches.push(Box::pin(watch::drive(
+            Table::Pods,
+            s(),
+            // Only pods bound to a node matter.
+            stream(
+                namespaced::<Pod>(&client, ns),
+                default().fields("spec.nodeName!="),
             ),
-            watch::drive(
-                Table::ConfigMaps,
-                stream(
-                    namespaced::<PartialObjectMeta<ConfigMap>>(&client, ns),
-                    default()
-                ),
-                watch::meta_entry,
-                shared.clone(),
+            watch::pod_entry,
+            shared.clone(),
+        )));
+        watches.push(Box::pin(watch::drive(
+            Table::ConfigMaps,
+            s(),
+            stream(
+                namespaced::<PartialObjectMeta<ConfigMap>>(&client, ns),
+                default(),
             ),
-            watch::drive(
-                Table::Secrets,
-                stream(
-                    namespaced::<PartialObjectMeta<Secret>>(&client, ns),
-                    default()
-                ),
-                watch::meta_entry,
-                shared.clone(),
+            watch::meta_entry,
+            shared.clone(),
+        )));
+        watches.push(Box::pin(watch::drive(
+            Table::Secrets,
+            s(),
+            stream(
+                namespaced::<PartialObjectMeta<Secret>>(&client, ns),
+                default(),
             ),
-            watch::drive(
-                Table::Devices,
-                stream(namespaced::<Device>(&client, ns), default()),
-                watch::device_entry,
-                shared.clone(),
+            watch::meta_entry,
+            shared.clone(),
+        )));
+        watches.push(Box::pin(watch::drive(
+            Table::Devices,
+            s(),
+            stream(namespaced::<Device>(&client, ns), default()),
+            watch::device_entry,
+            shared.clone(),
+        )));
+        watches.push(Box::pin(watch::drive(
+            Table::DeviceModels,
+            s(),
+            stream(
+                namespaced::<PartialObjectMeta<DeviceModel>>(&client, ns),
+                default(),
             ),
-            watch::drive(
-                Table::DeviceModels,
-                stream(
-                    namespaced::<PartialObjectMeta<DeviceModel>>(&client, ns),
-                    default()
-                ),
-                watch::meta_entry,
-                shared.clone(),
-            ),
-            watch::drive(
-                Table::Nodes,
-                stream(
-                    Api::<PartialObjectMeta<Node>>::all(client.clone()),
-                    default()
-                ),
-                watch::node_entry,
-                shared.clone(),
-            ),
-            watch::drive(
-                Table::Syncs,
-                stream(namespaced::<ObjectSync>(&client, ns), default()),
-                watch::sync_entry,
-                shared.clone(),
-            ),
-        );
-    };
+            watch::meta_entry,
+            shared.clone(),
+        )));
+        watches.push(Box::pin(watch::drive(
+            Table::Syncs,
+            s(),
+            stream(namespaced::<ObjectSync>(&client, ns), default()),
+            watch::sync_entry,
+            shared.clone(),
+        )));
+    }
+    watches.push(Box::pin(watch::drive(
+        Table::Nodes,
+        None,
+        stream(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            default(),
+        ),
+        watch::node_entry,
+        shared.clone(),
+    )));
+    let watches = futures::future::join_all(watches);
 
     let ctx = Worker {
         client: client.clone(),
@@ -216,7 +236,7 @@ pub async fn run(
     };
     let workers = async {
         // Decisions made from half-filled caches would delete syncs that are needed.
-        shared.wait_synced().await;
+        shared.wait_synced(&config.scopes).await;
         let known = shared.lock_index().known_nodes();
         tracing::info!(nodes = known.len(), "caches synced; reconciling nodes");
         for node in &known {
@@ -235,7 +255,7 @@ pub async fn run(
     };
 
     tokio::select! {
-        () = watches => tracing::warn!("watches ended"),
+        _ = watches => tracing::warn!("watches ended"),
         () = workers => tracing::warn!("workers ended"),
         () = census => {},
         () = shutdown.cancelled() => {},

@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
         .with_leader_gauge(metrics.leader.clone());
     let config = Config {
-        namespace: cli.common.watch_namespace.clone(),
+        scopes: cli.common.watch_scopes(),
         window: Window {
             resend: Duration::from_secs(cli.resend_window_seconds),
             max_backoff: Duration::from_secs(cli.max_backoff_seconds),

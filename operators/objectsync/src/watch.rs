@@ -109,6 +109,11 @@ fn keys(index: &Index, table: Table) -> Vec<Key> {
     }
 }
 
+/// Whether `key` belongs to the watch of `scope` (`None`: every namespace).
+fn in_scope(key: &Key, scope: Option<&str>) -> bool {
+    scope.is_none_or(|ns| key.0 == ns)
+}
+
 fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
@@ -195,9 +200,12 @@ pub fn sync_entry(sync: &ObjectSync, _now: Timestamp) -> Option<Entry> {
 }
 
 /// Feeds one watch into the index until the stream ends, queueing the nodes each change
-/// affects. Marks `table` synced after its first complete list.
+/// affects. Marks `table` synced in `scope` after its first complete list. A (re-)list
+/// replaces only what lies in `scope` (its namespace, or everything for `None`): with one watch
+/// per watched namespace, a relist of one never drops what the others hold.
 pub async fn drive<K, S>(
     table: Table,
+    scope: Option<String>,
     stream: S,
     reduce: fn(&K, Timestamp) -> Option<Entry>,
     shared: Arc<Shared>,
@@ -234,7 +242,7 @@ pub async fn drive<K, S>(
                     let mut index = shared.lock_index();
                     let mut touched = Touched::default();
                     for key in keys(&index, table) {
-                        if !listed.contains_key(&key) {
+                        if in_scope(&key, scope.as_deref()) && !listed.contains_key(&key) {
                             touched.merge(set(&mut index, table, key, None));
                         }
                     }
@@ -244,7 +252,7 @@ pub async fn drive<K, S>(
                     touched
                 };
                 shared.enqueue(&touched);
-                shared.mark_synced(table);
+                shared.mark_synced(table, scope.clone());
             }
             Event::Apply(obj) => {
                 let entry = reduce(&obj, now);

@@ -60,11 +60,20 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let scope = namespace.clone();
     let pod_cache = watcher(pods_api, watcher::Config::default())
         .default_backoff()
         .modify(strip_pod)
         .reflect(pod_writer)
-        .for_each(|_| futures::future::ready(()));
+        .for_each(move |ev| {
+            // Retried with back-off; said, since a namespace outside the RBAC (a
+            // `--watch-namespace` the chart's `watchNamespaces` does not cover) fails here for
+            // good and its RolloutJobs are never reconciled.
+            if let Err(error) = ev {
+                tracing::warn!(namespace = ?scope, %error, "pod watch failed; retrying");
+            }
+            futures::future::ready(())
+        });
     let (nodes, node_writer) = reflector::store();
     let node_cache = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()

@@ -31,15 +31,24 @@ async fn main() -> anyhow::Result<()> {
 
     // A standby replica is ready too: it serves metrics and waits for the lease.
     readiness.set_ready(true);
+    // One controller per watched namespace (or one cluster-wide): a namespaced install has no
+    // cluster-wide read of pods or RolloutJobs. Each keeps its own node cache (stripped nodes,
+    // a few hundred bytes each): fine for the handful of namespaces such an install lists.
+    let scopes = cli.common.watch_scopes();
     kit::run_while_leader(elector, shutdown.clone(), || {
-        controller::run(
-            client.clone(),
-            cli.common.watch_namespace.clone(),
-            metrics.clone(),
-            rollout.clone(),
-            recorder.clone(),
-            shutdown.clone(),
-        )
+        let all = futures::future::join_all(scopes.iter().map(|scope| {
+            controller::run(
+                client.clone(),
+                scope.clone(),
+                metrics.clone(),
+                rollout.clone(),
+                recorder.clone(),
+                shutdown.clone(),
+            )
+        }));
+        async move {
+            all.await;
+        }
     })
     .await;
     server.wait().await?;
