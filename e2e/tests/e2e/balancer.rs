@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
-use crate::balancer_bed::{Bed, HUBS, PERIOD, Sample, TOTAL, lock, pod_ready};
+use crate::balancer_bed::{Bed, HUBS, PERIOD, Sample, lock, pod_ready, ramp_time, total};
 
 const P: Duration = Duration::from_secs(PERIOD);
 
@@ -39,12 +39,9 @@ async fn hubs_come_back_even_behind_haproxy_without_oscillation_or_a_second_rele
     let mut bed = Bed::up(&client, &ns.name).await?;
 
     let start = Instant::now();
-    bed.sample_where(
-        "every session up and even",
-        Duration::from_secs(480),
-        start,
-        |s| s.total() >= TOTAL as i64 && s.balanced() && !s.orders_in_flight(),
-    )
+    bed.sample_where("every session up and even", ramp_time(), start, |s| {
+        s.total() >= total() as i64 * 99 / 100 && s.balanced() && !s.orders_in_flight()
+    })
     .await?;
     wait_condition(&bed, "WithinTolerance", Duration::from_secs(120)).await?;
 
@@ -397,7 +394,7 @@ async fn rolling_restart_releases_nothing_until_done(bed: &Bed) -> Result<()> {
             &format!("{what}: the new pods report"),
             Duration::from_secs(60),
             settled,
-            |s| s.hubs.len() == HUBS && s.total() >= TOTAL as i64 * 95 / 100,
+            |s| s.hubs.len() == HUBS && s.total() >= total() as i64 * 95 / 100,
         )
         .await?;
     if s.balanced() {

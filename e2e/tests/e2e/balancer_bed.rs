@@ -25,10 +25,30 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
 pub const HUBS: usize = 3;
-/// Agents without node status (the load) and with it (whose Nodes must never go NotReady).
-pub const AGENTS: usize = 2_700;
-pub const STATUS_AGENTS: usize = 300;
-pub const TOTAL: usize = AGENTS + STATUS_AGENTS;
+/// Hollow agents: 3,000 (issue 13), `EDGEFLEET_E2E_BALANCER_AGENTS` to change it. A tenth of
+/// them send node status (their Nodes must never go NotReady), the rest are the load.
+pub fn total() -> usize {
+    std::env::var("EDGEFLEET_E2E_BALANCER_AGENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3_000)
+        .max(30)
+}
+/// Enrolments a second the fleets start at (`EDGEFLEET_E2E_BALANCER_RAMP`, default 20): each is
+/// a CSR the hub approves and signs, several API calls; faster than the API server takes them,
+/// agents time out after 30 s and retry, and it only gets slower.
+fn ramp() -> usize {
+    std::env::var("EDGEFLEET_E2E_BALANCER_RAMP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20usize)
+        .max(2)
+}
+
+/// A bounded wait for the whole fleet to enrol and connect.
+pub fn ramp_time() -> Duration {
+    Duration::from_secs(120 + 4 * (total() / ramp()) as u64)
+}
 /// The HubBalancer's observation period. The hubs release over 2 s drain + 4 s window and
 /// hint 2–6 s reconnects, reports every second: a round is over well inside it.
 pub const PERIOD: u64 = 20;
@@ -221,6 +241,8 @@ impl Bed {
             .arg(format!("--hub-kubeconfig={}", hub_kubeconfig.display()))
             .arg(format!("--dir={}", dir.display()))
             .args(slots.iter().map(|(e, m)| format!("--slot={e}:{m}")))
+            // The kubelet's first crash back-off: the dead hub's agents find the others first.
+            .arg("--restart-delay-ms=10000")
             .args(hub_args(watch_namespace))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -271,22 +293,22 @@ impl Bed {
         let fleet = Simulator::start(
             &format!("balancer-{tag}-fleet"),
             &[
-                format!("--nodes={AGENTS}"),
+                format!("--nodes={}", total() - total() / 10),
                 format!("--name-prefix=bal-{tag}-"),
                 hub.clone(),
                 token.clone(),
-                "--ramp-per-second=25".into(),
+                format!("--ramp-per-second={}", ramp() - ramp() / 10),
                 "--node-status=false".into(),
             ],
         )?;
         let status_fleet = Simulator::start(
             &format!("balancer-{tag}-status-fleet"),
             &[
-                format!("--nodes={STATUS_AGENTS}"),
+                format!("--nodes={}", total() / 10),
                 format!("--name-prefix=bals-{tag}-"),
                 hub,
                 token,
-                "--ramp-per-second=5".into(),
+                format!("--ramp-per-second={}", (ramp() / 10).max(1)),
             ],
         )?;
         let seen = Arc::new(Mutex::new(Seen::default()));
