@@ -190,23 +190,29 @@ async fn restart_then_balance_and_hold(bed: &Bed) -> Result<()> {
     .await;
     let hold = async {
         replaced?;
-        // The status says why they are ignored.
-        let hb = wait_condition(bed, "WithinTolerance", 2 * P).await;
-        let hb = match hb {
-            Ok(hb) => hb,
-            Err(e) => bail!("{what}: not WithinTolerance with the fake reports: {e:#}"),
-        };
-        let st = hb.status.clone().unwrap_or_default();
-        let msg = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Balanced")
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        ensure!(
-            msg.contains("s old)") && msg.contains("report from pod uid-of-a-pod-long-gone"),
-            "{what}: status does not say why reports are ignored: {msg}"
-        );
+        // The status says why they are ignored (once a round has seen them).
+        let api: Api<HubBalancer> = Api::namespaced(bed.client.clone(), SYSTEM_NAMESPACE);
+        let st = wait_for(
+            &format!("{what}: WithinTolerance, naming the stale and the replaced-pod report"),
+            2 * P,
+            || async {
+                let st = api
+                    .get(&bed.balancer_name)
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                let msg = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Balanced" && c.reason == "WithinTolerance")
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                Ok((msg.contains("s old)")
+                    && msg.contains("report from pod uid-of-a-pod-long-gone"))
+                .then_some(st))
+            },
+        )
+        .await?;
         let mut counted: Vec<String> = st.hubs.iter().map(|h| h.name.clone()).collect();
         counted.sort();
         let mut live: Vec<String> = bed
