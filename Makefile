@@ -51,6 +51,7 @@ unit: ## Unit tests (no cluster), including the check that crds/ matches the cod
 e2e: ## e2e tests against the running local cluster (hack/cluster up --nodes 60 first).
 	$(CARGO) build --locked -p edgefleet-rollout -p edgefleet-objectsync -p edgefleet-device -p edgefleet-balancer -p edgefleet-hub -p edgefleet-edge-agent -p kubectl-edgefleet
 	hack/prometheus install
+	hack/haproxy install
 	$(CLUSTER_ENV); $(CARGO) test -p edgefleet-e2e --locked -- --test-threads=4
 
 .PHONY: release-check

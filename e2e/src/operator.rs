@@ -71,7 +71,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 }
 
 /// A kubeconfig that authenticates as `serviceaccount` of the chart, with a fresh token.
-fn serviceaccount_kubeconfig(serviceaccount: &str, file: &str) -> Result<PathBuf> {
+pub fn serviceaccount_kubeconfig(serviceaccount: &str, file: &str) -> Result<PathBuf> {
     let token = run(
         "kubectl",
         &[

@@ -120,7 +120,7 @@ async fn install_upgrade_uninstall_in_a_restricted_namespace() {
     let deployments: Api<Deployment> = ns.api();
     let name = |op: &str| format!("{release}-edgefleet-{op}");
     let mut want_pods = 0;
-    for op in ["rollout", "objectsync", "hub"] {
+    for op in ["rollout", "objectsync", "hub", "balancer"] {
         let d = deployments.get(&name(op)).await.unwrap();
         assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2), "{op}");
         want_pods += 2;
@@ -131,13 +131,18 @@ async fn install_upgrade_uninstall_in_a_restricted_namespace() {
         let pdbs: Api<PodDisruptionBudget> = ns.api();
         pdbs.get(&name(op)).await.unwrap();
     }
-    // Device and balancer are off until their operators land.
+    // Device is off until its edge path lands.
     let sas: Api<ServiceAccount> = ns.api();
     let mut sa_names = names_of(&sas, release).await;
     sa_names.sort();
     assert_eq!(
         sa_names,
-        [name("hub"), name("objectsync"), name("rollout")],
+        [
+            name("balancer"),
+            name("hub"),
+            name("objectsync"),
+            name("rollout")
+        ],
         "one ServiceAccount per enabled operator"
     );
 

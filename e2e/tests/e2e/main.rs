@@ -2,6 +2,8 @@
 //! One test binary, a module per area, so the workspace links once.
 
 mod agent;
+mod balancer;
+mod balancer_bed;
 mod channel;
 mod chart;
 mod crds;

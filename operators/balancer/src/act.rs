@@ -122,6 +122,15 @@ pub fn condition(plan: &Plan, s: &Settings) -> (ConditionStatus, &'static str, S
                 s.tolerance_percent
             ),
         ),
+        Decision::Settling { from, to } => (
+            ConditionStatus::False,
+            "Settling",
+            format!(
+                "{}; sessions still arriving or leaving ({from} → {to} since the last look): no order until the total holds within {}%{ignored}",
+                over.join(", "),
+                s.tolerance_percent / 2
+            ),
+        ),
         Decision::Release(rs) => (
             ConditionStatus::False,
             "Releasing",
@@ -206,7 +215,10 @@ pub async fn report(
     if releasing || changed {
         let (st, reason, message) = condition(plan, s);
         let event = Event {
-            type_: if st == ConditionStatus::False && !releasing && reason != "Observing" {
+            type_: if st == ConditionStatus::False
+                && !releasing
+                && !matches!(reason, "Observing" | "Settling")
+            {
                 EventType::Warning
             } else {
                 EventType::Normal

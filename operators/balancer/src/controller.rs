@@ -44,6 +44,7 @@ fn decision_label(d: &Decision) -> &'static str {
         Decision::OrderInFlight { .. } => "order_in_flight",
         Decision::Observing { .. } => "observing",
         Decision::Balanced => "balanced",
+        Decision::Settling { .. } => "settling",
         Decision::Release(_) => "release",
     }
 }
@@ -54,7 +55,8 @@ pub async fn round(ctx: &Context, hb: &HubBalancer) -> Result<()> {
     let namespace = hb.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", hb.name_any());
     let s = settings(hb);
-    let observed = watch::observe(&ctx.client, &namespace, &hb.spec.hub_selector).await?;
+    let mut observed = watch::observe(&ctx.client, &namespace, &hb.spec.hub_selector).await?;
+    observed.previous_total = hb.status.as_ref().map(|st| st.total_connections);
     let now = Timestamp::now();
     let plan = plan::plan(&observed, &s, now);
     if let Decision::Release(releases) = &plan.decision {

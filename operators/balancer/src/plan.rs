@@ -8,6 +8,7 @@
 //!   an order not done and not expired ─► Wait(OrderInFlight)
 //!   within the observation period of the last order ─► Wait(Observing)
 //!   every hub ≤ expected × (1 + tolerance) ─► Balanced
+//!   the total moved more than tolerance/2 since the last round ─► Wait(Settling)
 //!   otherwise ─► Release: each hub over the bound releases (connections − expected),
 //!                capped by maxReleasePerRound, and keeps `expected`
 //! ```
@@ -16,6 +17,12 @@
 //! and it is asked to come down to `expected`, not below, so the recipients' gain never pushes
 //! them over the bound in turn. `expected` is rounded up, so the sum of what donors keep is never
 //! below the fair share and no hub is pushed below it.
+//!
+//! Settling: right after a hub dies its agents are still reconnecting (back-off), so the total
+//! is short and so is `expected`; a round then would leave the donors below the share they will
+//! owe once the rest is back (the e2e saw donors ordered down to 67 of a final 99). So no order
+//! while the counted total moved by more than half the tolerance since the previous round (the
+//! total the status recorded): the expected share moves by the same fraction.
 
 use std::collections::BTreeMap;
 
@@ -63,6 +70,8 @@ pub struct Observed {
     pub pods: BTreeMap<String, HubPod>,
     /// Why the hubs' Deployment is not settled (rolling out), if it is not.
     pub rolling: Option<String>,
+    /// The counted total of the previous round (the HubBalancer's status), if any.
+    pub previous_total: Option<i64>,
 }
 
 /// Why a report does not count.
@@ -123,11 +132,23 @@ pub struct Release {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    TooFewHubs { counted: usize },
+    TooFewHubs {
+        counted: usize,
+    },
     RollingOut(String),
-    OrderInFlight { replica: String },
-    Observing { until: Timestamp, balanced: bool },
+    OrderInFlight {
+        replica: String,
+    },
+    Observing {
+        until: Timestamp,
+        balanced: bool,
+    },
     Balanced,
+    /// Sessions are still arriving or leaving: the total moved from `from` to `to`.
+    Settling {
+        from: i64,
+        to: i64,
+    },
     Release(Vec<Release>),
 }
 
@@ -150,6 +171,12 @@ impl Plan {
         self.counted()
             .all(|h| !over(h.connections, h.expected, settings.tolerance_percent))
     }
+}
+
+/// The total moved by more than half the tolerance since `previous` (pure, integers).
+pub fn unsettled(previous: i64, total: i64, tolerance_percent: i64) -> bool {
+    i128::from((total - previous).abs()) * 200
+        > i128::from(previous.max(0)) * i128::from(tolerance_percent.max(1))
 }
 
 /// `connections > expected × (1 + tolerance)`, in integers.
@@ -271,6 +298,11 @@ pub fn plan(obs: &Observed, s: &Settings, now: Timestamp) -> Plan {
         Decision::Observing { until, balanced }
     } else if balanced {
         Decision::Balanced
+    } else if let Some(from) = obs
+        .previous_total
+        .filter(|p| unsettled(*p, total, s.tolerance_percent))
+    {
+        Decision::Settling { from, to: total }
     } else {
         Decision::Release(
             plan.counted()
@@ -340,7 +372,55 @@ mod tests {
             reports,
             pods,
             rolling: None,
+            previous_total: None,
         }
+    }
+
+    #[test]
+    fn unsettled_when_the_total_moved_more_than_half_the_tolerance() {
+        // (previous, total, tolerance %) → unsettled
+        let cases = [
+            ((300, 300, 10), false),
+            ((300, 314, 10), false), // 4.7 %
+            ((300, 316, 10), true),  // 5.3 %
+            ((300, 284, 10), true),  // leaving counts too
+            ((201, 300, 10), true),  // a dead hub's agents coming back
+            ((0, 0, 10), false),
+            ((0, 5, 10), true),
+            ((1000, 1004, 0), false), // tolerance 0 reads as 1 %: 0.4 % holds
+        ];
+        for ((previous, total, tolerance), want) in cases {
+            assert_eq!(
+                unsettled(previous, total, tolerance),
+                want,
+                "{previous} → {total} at {tolerance}%"
+            );
+        }
+    }
+
+    #[test]
+    fn no_order_while_a_dead_hubs_sessions_are_still_coming_back() {
+        // The e2e's case: 101/100/0 counted while 99 agents still reconnect.
+        let mut obs = observed(vec![
+            report("a", 101, 1000),
+            report("b", 100, 1000),
+            report("c", 0, 1000),
+        ]);
+        obs.previous_total = Some(170);
+        let p = plan(&obs, &settings(), at(0));
+        assert_eq!(p.decision, Decision::Settling { from: 170, to: 201 });
+        // Once the total holds, the round releases.
+        obs.previous_total = Some(200);
+        let p = plan(&obs, &settings(), at(0));
+        assert!(
+            matches!(p.decision, Decision::Release(_)),
+            "{:?}",
+            p.decision
+        );
+        // Balanced wins over settling: nothing to order either way.
+        let mut obs = observed(vec![report("a", 100, 1000), report("b", 100, 1000)]);
+        obs.previous_total = Some(100);
+        assert_eq!(plan(&obs, &settings(), at(0)).decision, Decision::Balanced);
     }
 
     fn order(id: &str, hub: &str, release: i64, secs_ago: i64) -> ReleaseOrder {

@@ -115,6 +115,7 @@ pub async fn observe(
             })
             .collect(),
         rolling,
+        previous_total: None,
     })
 }
 
