@@ -105,7 +105,7 @@ struct Cli {
     #[arg(
         long,
         env = "EDGEFLEET_HUB_ENROLMENTS_IN_FLIGHT",
-        default_value_t = 16,
+        default_value_t = 64,
         value_parser = clap::value_parser!(u64).range(1..=1024)
     )]
     enrolments_in_flight: u64,
@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         IdentityMetrics::register(&registry)?,
         Duration::from_secs(cli.node_cert_seconds.max(60)),
         cli.bootstrap_burst,
-        usize::try_from(cli.enrolments_in_flight).unwrap_or(16),
+        usize::try_from(cli.enrolments_in_flight).unwrap_or(64),
     ));
     let tls = identity::server_config(&ca, &cli.tls_sans)?;
 
