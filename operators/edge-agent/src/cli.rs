@@ -133,7 +133,37 @@ pub struct RunArgs {
     #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:10550")]
     pub listen: SocketAddr,
     #[command(flatten)]
+    pub dmi: DmiArgs,
+    #[command(flatten)]
     pub hub: HubArgs,
+}
+
+/// The DMI server for the node's device mappers (KubeEdge DMI v1beta1 over a unix socket).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DmiArgs {
+    /// Serve DMI to the node's mappers (`--dmi=false` turns it off).
+    #[arg(
+        long,
+        env = "EDGEFLEET_DMI",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub dmi: bool,
+    /// The DMI socket mappers connect to (KubeEdge's is /etc/kubeedge/dmi.sock); default
+    /// <data-dir>/dmi.sock.
+    #[arg(long, env = "EDGEFLEET_DMI_SOCKET")]
+    pub dmi_socket: Option<PathBuf>,
+    /// Requests per second each mapper may make (one bucket per mapper, not per node).
+    #[arg(long, env = "EDGEFLEET_DMI_RATE", default_value_t = 50.0)]
+    pub dmi_rate: f64,
+    /// Burst of each mapper's bucket.
+    #[arg(long, env = "EDGEFLEET_DMI_BURST", default_value_t = 200.0)]
+    pub dmi_burst: f64,
+    /// Most device properties whose latest value is kept for the hub (offline, the bound).
+    #[arg(long, env = "EDGEFLEET_DMI_MAX_TWINS", default_value_t = 20_000)]
+    pub dmi_max_twins: usize,
 }
 
 #[derive(Debug, clap::Args)]

@@ -12,7 +12,7 @@ use edgefleet_edge_agent::metrics::{Metrics, inc};
 use edgefleet_edge_agent::session::{self, Agent, SessionConfig};
 use edgefleet_edge_agent::simulate::{self, SimulateOptions};
 use edgefleet_edge_agent::store::{SqliteStore, Store};
-use edgefleet_edge_agent::{api, identity, renew};
+use edgefleet_edge_agent::{api, dmi, identity, renew};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -79,6 +79,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?);
     let metrics = Arc::new(Metrics::default());
+    let store = if args.dmi.dmi {
+        start_dmi(&args, store, &metrics, &cancel).await?
+    } else {
+        store
+    };
     metrics
         .agents
         .store(1, std::sync::atomic::Ordering::Relaxed);
@@ -143,6 +148,40 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     session::run(&agent, &cancel).await;
     Ok(())
+}
+
+/// Starts the DMI server; the store it returns signals Device/DeviceModel changes to it.
+async fn start_dmi(
+    args: &RunArgs,
+    store: Arc<dyn Store>,
+    metrics: &Metrics,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Arc<dyn Store>, String> {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let store: Arc<dyn Store> = Arc::new(dmi::WatchedStore {
+        inner: store,
+        changed: changed.clone(),
+    });
+    let book = dmi::book::Book::open(
+        &args.data_dir.join("dmi.db"),
+        dmi::book::BookLimits {
+            max_twins: args.dmi.dmi_max_twins,
+        },
+    )
+    .map_err(|e| format!("dmi store: {e}"))?;
+    let config = dmi::DmiConfig {
+        socket: args
+            .dmi
+            .dmi_socket
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("dmi.sock")),
+        rate_per_second: args.dmi.dmi_rate,
+        burst: args.dmi.dmi_burst,
+    };
+    let dmi = dmi::Dmi::new(store.clone(), Arc::new(book), config, changed);
+    let _ = metrics.dmi.set(dmi.metrics.clone());
+    dmi::serve(dmi, cancel.clone()).await?;
+    Ok(store)
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {

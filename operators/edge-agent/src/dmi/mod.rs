@@ -197,7 +197,7 @@ pub struct Dmi {
     pub book: Arc<Book>,
     pub config: DmiConfig,
     pub limiter: Limiter,
-    pub metrics: DmiMetrics,
+    pub metrics: Arc<DmiMetrics>,
     /// A Device/DeviceModel changed or a mapper registered: [`deliver`] runs a pass.
     pub changed: Arc<Notify>,
     /// A report was kept: the uplink sends what is pending.
@@ -219,7 +219,7 @@ impl Dmi {
             book,
             config,
             limiter,
-            metrics: DmiMetrics::default(),
+            metrics: Arc::new(DmiMetrics::default()),
             changed,
             reported: Notify::new(),
             catalog: RwLock::new(Arc::new(Catalog::default())),
