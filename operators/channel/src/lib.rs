@@ -8,9 +8,11 @@
 //! - [`envelope`]: the message, its header and route, ACKs.
 //! - [`resource`]: the `<namespace>/<type>/<name>` resource strings.
 //! - [`session`]: URL, headers, timings and close codes of a session.
+//! - [`device`]: device twin and state reports (KubeEdge's topics and content), edge → cloud.
 //! - [`bootstrap`]: the token → certificate exchange of a node's first start.
 
 pub mod bootstrap;
+pub mod device;
 pub mod envelope;
 pub mod resource;
 pub mod session;
