@@ -79,10 +79,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?);
     let metrics = Arc::new(Metrics::default());
-    let store = if args.dmi.dmi {
-        start_dmi(&args, store, &metrics, &cancel).await?
+    let (store, uplink) = if args.dmi.dmi {
+        let (store, uplink) = start_dmi(&args, store, &metrics, &cancel).await?;
+        (store, Some(uplink))
     } else {
-        store
+        (store, None)
     };
     metrics
         .agents
@@ -145,6 +146,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         store,
         metrics,
         connected: Arc::new(AtomicBool::new(false)),
+        uplink,
     };
     session::run(&agent, &cancel).await;
     Ok(())
@@ -156,7 +158,7 @@ async fn start_dmi(
     store: Arc<dyn Store>,
     metrics: &Metrics,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<Arc<dyn Store>, String> {
+) -> Result<(Arc<dyn Store>, dmi::uplink::UplinkSource), String> {
     let changed = Arc::new(tokio::sync::Notify::new());
     let store: Arc<dyn Store> = Arc::new(dmi::WatchedStore {
         inner: store,
@@ -180,8 +182,9 @@ async fn start_dmi(
     };
     let dmi = dmi::Dmi::new(store.clone(), Arc::new(book), config, changed);
     let _ = metrics.dmi.set(dmi.metrics.clone());
+    let uplink = dmi.uplink();
     dmi::serve(dmi, cancel.clone()).await?;
-    Ok(store)
+    Ok((store, uplink))
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
@@ -217,6 +220,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
             node_status: args.node_status,
             ..args.hub.session("", 4 * 1024)?
         },
+        devices: args.devices()?,
     };
     let fleet = simulate::fleet(&opts).map_err(|e| e.to_string())?;
     serve(

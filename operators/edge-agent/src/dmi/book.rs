@@ -25,11 +25,23 @@ pub struct MapperRecord {
     pub address: String,
 }
 
+/// One property's report as a mapper sent it (checked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwinReport {
+    pub property: String,
+    pub reported: String,
+    pub observed_desired: String,
+    /// The model's type of the property (`int`, `float`, ...), lower case as KubeEdge sends it.
+    pub type_: String,
+    pub timestamp_ms: i64,
+}
+
 /// One property's latest report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TwinRecord {
     pub reported: String,
     pub observed_desired: String,
+    pub type_: String,
     /// The mapper's timestamp (ms since the epoch), else when the agent got it.
     pub timestamp_ms: i64,
     /// The agent's order of arrival: a resent older report never overtakes a newer one.
@@ -102,7 +114,7 @@ CREATE TABLE IF NOT EXISTS sent (protocol TEXT NOT NULL, kind TEXT NOT NULL, nam
     name TEXT NOT NULL, fingerprint INTEGER NOT NULL,
     PRIMARY KEY (protocol, kind, namespace, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS twins (namespace TEXT NOT NULL, device TEXT NOT NULL, property TEXT NOT NULL,
-    reported TEXT NOT NULL, observed_desired TEXT NOT NULL, ts_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+    reported TEXT NOT NULL, observed_desired TEXT NOT NULL, type TEXT NOT NULL, ts_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
     pending INTEGER NOT NULL, PRIMARY KEY (namespace, device, property)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS states (namespace TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL,
     ts_ms INTEGER NOT NULL, seq INTEGER NOT NULL, pending INTEGER NOT NULL,
@@ -163,7 +175,7 @@ impl Book {
                     .insert(key, fp.cast_unsigned());
             }
             let mut stmt = conn.prepare(
-                "SELECT namespace, device, property, reported, observed_desired, ts_ms, seq, pending FROM twins",
+                "SELECT namespace, device, property, reported, observed_desired, type, ts_ms, seq, pending FROM twins",
             )?;
             for row in stmt.query_map([], |r| {
                 Ok((
@@ -171,9 +183,10 @@ impl Book {
                     TwinRecord {
                         reported: r.get(3)?,
                         observed_desired: r.get(4)?,
-                        timestamp_ms: r.get(5)?,
-                        seq: r.get::<_, i64>(6)?.cast_unsigned(),
-                        pending: r.get(7)?,
+                        type_: r.get(5)?,
+                        timestamp_ms: r.get(6)?,
+                        seq: r.get::<_, i64>(7)?.cast_unsigned(),
+                        pending: r.get(8)?,
                     },
                 ))
             })? {
@@ -295,35 +308,36 @@ impl Book {
     pub fn record_twins(
         &self,
         device: &DeviceKey,
-        twins: Vec<(String, String, String, i64)>,
+        twins: Vec<TwinReport>,
     ) -> Result<usize, BookError> {
         let mut inner = self.inner()?;
         let new_keys = twins
             .iter()
-            .filter(|(p, ..)| {
+            .filter(|t| {
                 !inner
                     .twins
-                    .contains_key(&(device.0.clone(), device.1.clone(), p.clone()))
+                    .contains_key(&(device.0.clone(), device.1.clone(), t.property.clone()))
             })
             .count();
         if inner.twins.len() + new_keys > self.limits.max_twins {
             return Err(BookError::Full(inner.twins.len()));
         }
         let mut kept = Vec::new();
-        for (property, reported, observed_desired, timestamp_ms) in twins {
-            let key = (device.0.clone(), device.1.clone(), property);
+        for report in twins {
+            let key = (device.0.clone(), device.1.clone(), report.property);
             if inner
                 .twins
                 .get(&key)
-                .is_some_and(|held| held.timestamp_ms > timestamp_ms)
+                .is_some_and(|held| held.timestamp_ms > report.timestamp_ms)
             {
                 continue;
             }
             inner.seq += 1;
             let twin = TwinRecord {
-                reported,
-                observed_desired,
-                timestamp_ms,
+                reported: report.reported,
+                observed_desired: report.observed_desired,
+                type_: report.type_,
+                timestamp_ms: report.timestamp_ms,
                 seq: inner.seq,
                 pending: true,
             };
@@ -333,9 +347,9 @@ impl Book {
             let tx = c.unchecked_transaction()?;
             for ((ns, dev, prop), t) in &kept {
                 tx.execute(
-                    "INSERT OR REPLACE INTO twins (namespace, device, property, reported, observed_desired, ts_ms, seq, pending)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
-                    params![ns, dev, prop, t.reported, t.observed_desired, t.timestamp_ms, seq_i64(t.seq)],
+                    "INSERT OR REPLACE INTO twins (namespace, device, property, reported, observed_desired, type, ts_ms, seq, pending)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)",
+                    params![ns, dev, prop, t.reported, t.observed_desired, t.type_, t.timestamp_ms, seq_i64(t.seq)],
                 )?;
             }
             tx.commit()
@@ -491,8 +505,14 @@ mod tests {
         ("plant".into(), "t0".into())
     }
 
-    fn twin(p: &str, v: &str, ts: i64) -> (String, String, String, i64) {
-        (p.into(), v.into(), String::new(), ts)
+    fn twin(p: &str, v: &str, ts: i64) -> TwinReport {
+        TwinReport {
+            property: p.into(),
+            reported: v.into(),
+            observed_desired: String::new(),
+            type_: "int".into(),
+            timestamp_ms: ts,
+        }
     }
 
     fn contract(book: &Book) {

@@ -98,14 +98,15 @@ impl Catalog {
         self.models.get(&device.model)
     }
 
-    /// Checks one reported twin (value and observed desired value) against the device's model.
+    /// Checks one reported twin (value and observed desired value) against the device's model;
+    /// the property's declared type (lower case) when it passes.
     pub fn check_twin(
         &self,
         namespace: &str,
         device: &str,
         property: &str,
         values: &[&str],
-    ) -> Result<&DeviceEntry, ReportError> {
+    ) -> Result<String, ReportError> {
         let key = (namespace.to_string(), device.to_string());
         let entry = self
             .devices
@@ -122,7 +123,7 @@ impl Catalog {
                 ReportError::BadValue(key.0.clone(), key.1.clone(), property.to_string(), why)
             })?;
         }
-        Ok(entry)
+        Ok(declared.type_.to_ascii_lowercase())
     }
 }
 

@@ -15,8 +15,10 @@
 pub mod book;
 pub mod catalog;
 pub mod deliver;
+pub mod hollow;
 pub mod proto;
 pub mod server;
+pub mod uplink;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -201,7 +203,7 @@ pub struct Dmi {
     /// A Device/DeviceModel changed or a mapper registered: [`deliver`] runs a pass.
     pub changed: Arc<Notify>,
     /// A report was kept: the uplink sends what is pending.
-    pub reported: Notify,
+    pub reported: Arc<Notify>,
     catalog: RwLock<Arc<Catalog>>,
 }
 
@@ -221,11 +223,19 @@ impl Dmi {
             limiter,
             metrics: Arc::new(DmiMetrics::default()),
             changed,
-            reported: Notify::new(),
+            reported: Arc::new(Notify::new()),
             catalog: RwLock::new(Arc::new(Catalog::default())),
         });
         dmi.refresh_catalog();
         dmi
+    }
+
+    /// What the sessions send to the hub.
+    pub fn uplink(&self) -> uplink::UplinkSource {
+        uplink::UplinkSource {
+            book: self.book.clone(),
+            reported: self.reported.clone(),
+        }
     }
 
     /// The catalog as last read.

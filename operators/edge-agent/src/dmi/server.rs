@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::book::{BookError, MapperRecord, Sent};
+use super::book::{BookError, MapperRecord, Sent, TwinReport};
 use super::catalog::ReportError;
 use super::proto::device_manager_service_server::DeviceManagerService;
 use super::proto::{
@@ -228,7 +228,7 @@ impl DeviceManagerService for DmiServer {
                     Status::invalid_argument(format!("more than {MAX_METADATA} metadata entries")),
                 ));
             }
-            catalog
+            let declared = catalog
                 .check_twin(
                     &namespace,
                     &req.device_name,
@@ -244,12 +244,13 @@ impl DeviceManagerService for DmiServer {
                 .get("timestamp")
                 .and_then(|t| t.parse::<i64>().ok())
                 .unwrap_or(now);
-            kept.push((
-                twin.property_name,
-                reported.value,
-                observed.value,
-                timestamp,
-            ));
+            kept.push(TwinReport {
+                property: twin.property_name,
+                reported: reported.value,
+                observed_desired: observed.value,
+                type_: declared,
+                timestamp_ms: timestamp,
+            });
         }
         let device = (namespace, req.device_name);
         let count = dmi
