@@ -191,7 +191,7 @@ fn reading(model: Option<&proto::DeviceModel>, property: &str, tick: u64) -> Str
     match type_.as_str() {
         "int" => (tick % 100).to_string(),
         "float" | "double" => format!("{}.5", 20 + tick % 10),
-        "boolean" => (tick % 2 == 0).to_string(),
+        "boolean" => tick.is_multiple_of(2).to_string(),
         _ => format!("reading-{tick}"),
     }
 }

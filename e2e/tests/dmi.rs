@@ -346,13 +346,12 @@ async fn bad_input_from_a_mapper_is_refused_stores_nothing_and_other_mappers_go_
     let mut flood = twin_report("t0", "interval", "1");
     if let Some(status) = flood.reported_device.as_mut() {
         status.twins = (0..200)
-            .map(|_| {
+            .flat_map(|_| {
                 twin_report("t0", "label", &"y".repeat(4000))
                     .reported_device
                     .unwrap_or_default()
                     .twins
             })
-            .flatten()
             .collect();
     }
     let err = client
