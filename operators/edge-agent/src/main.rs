@@ -183,7 +183,11 @@ async fn start_dmi(
     let dmi = dmi::Dmi::new(store.clone(), Arc::new(book), config, changed);
     let _ = metrics.dmi.set(dmi.metrics.clone());
     let uplink = dmi.uplink();
-    dmi::serve(dmi, cancel.clone()).await?;
+    // Without its socket the agent still syncs objects and serves them: DMI is not worth an
+    // agent that is down.
+    if let Err(e) = dmi::serve(dmi, cancel.clone()).await {
+        tracing::error!(error = %e, "DMI server not started; mappers cannot connect");
+    }
     Ok((store, uplink))
 }
 
