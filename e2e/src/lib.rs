@@ -8,6 +8,7 @@
 //! - [`apply_manifest`]: server-side apply of any YAML document, through discovery.
 
 pub mod edge;
+pub mod mapper;
 pub mod operator;
 pub mod podlog;
 pub mod prometheus;

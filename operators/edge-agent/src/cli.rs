@@ -133,7 +133,37 @@ pub struct RunArgs {
     #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:10550")]
     pub listen: SocketAddr,
     #[command(flatten)]
+    pub dmi: DmiArgs,
+    #[command(flatten)]
     pub hub: HubArgs,
+}
+
+/// The DMI server for the node's device mappers (KubeEdge DMI v1beta1 over a unix socket).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DmiArgs {
+    /// Serve DMI to the node's mappers (`--dmi=false` turns it off).
+    #[arg(
+        long,
+        env = "EDGEFLEET_DMI",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub dmi: bool,
+    /// The DMI socket mappers connect to (KubeEdge's is /etc/kubeedge/dmi.sock); default
+    /// <data-dir>/dmi.sock.
+    #[arg(long, env = "EDGEFLEET_DMI_SOCKET")]
+    pub dmi_socket: Option<PathBuf>,
+    /// Requests per second each mapper may make (one bucket per mapper, not per node).
+    #[arg(long, env = "EDGEFLEET_DMI_RATE", default_value_t = 50.0)]
+    pub dmi_rate: f64,
+    /// Burst of each mapper's bucket.
+    #[arg(long, env = "EDGEFLEET_DMI_BURST", default_value_t = 200.0)]
+    pub dmi_burst: f64,
+    /// Most device properties whose latest value is kept for the hub (offline, the bound).
+    #[arg(long, env = "EDGEFLEET_DMI_MAX_TWINS", default_value_t = 20_000)]
+    pub dmi_max_twins: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,8 +207,53 @@ pub struct SimulateArgs {
         action = clap::ArgAction::Set
     )]
     pub node_status: bool,
+    /// Hollow devices per agent (0: none), named <node>-d<i>, properties p0.. (INT values).
+    #[arg(long, env = "EDGEFLEET_SIM_DEVICES", default_value_t = 0)]
+    pub devices_per_agent: usize,
+    /// Properties per hollow device.
+    #[arg(long, env = "EDGEFLEET_SIM_DEVICE_PROPERTIES", default_value_t = 5)]
+    pub device_properties: usize,
+    /// Seconds between two reports of a hollow device (fractions allowed).
+    #[arg(
+        long,
+        env = "EDGEFLEET_SIM_DEVICE_REPORT_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub device_report_seconds: f64,
+    /// Namespace of the hollow devices.
+    #[arg(
+        long,
+        env = "EDGEFLEET_SIM_DEVICE_NAMESPACE",
+        default_value = "default"
+    )]
+    pub device_namespace: String,
+    /// A hollow property's value changes every this many reports (1: every report).
+    #[arg(long, env = "EDGEFLEET_SIM_DEVICE_CHANGE_EVERY", default_value_t = 1)]
+    pub device_change_every: u64,
     #[command(flatten)]
     pub hub: HubArgs,
+}
+
+impl SimulateArgs {
+    /// The hollow devices asked for, if any.
+    pub fn devices(&self) -> Result<Option<crate::dmi::hollow::HollowDevices>, String> {
+        if self.devices_per_agent == 0 {
+            return Ok(None);
+        }
+        if !(self.device_report_seconds.is_finite() && self.device_report_seconds >= 0.1) {
+            return Err(format!(
+                "--device-report-seconds {} must be at least 0.1",
+                self.device_report_seconds
+            ));
+        }
+        Ok(Some(crate::dmi::hollow::HollowDevices {
+            per_agent: self.devices_per_agent,
+            properties: self.device_properties,
+            every: Duration::from_secs_f64(self.device_report_seconds),
+            namespace: self.device_namespace.clone(),
+            change_every: self.device_change_every.max(1),
+        }))
+    }
 }
 
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod backoff;
 pub mod cli;
+pub mod dmi;
 pub mod handler;
 pub mod hub;
 pub mod identity;

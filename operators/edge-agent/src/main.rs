@@ -12,7 +12,7 @@ use edgefleet_edge_agent::metrics::{Metrics, inc};
 use edgefleet_edge_agent::session::{self, Agent, SessionConfig};
 use edgefleet_edge_agent::simulate::{self, SimulateOptions};
 use edgefleet_edge_agent::store::{SqliteStore, Store};
-use edgefleet_edge_agent::{api, identity, renew};
+use edgefleet_edge_agent::{api, dmi, identity, renew};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -79,6 +79,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?);
     let metrics = Arc::new(Metrics::default());
+    let (store, uplink) = if args.dmi.dmi {
+        let (store, uplink) = start_dmi(&args, store, &metrics, &cancel).await?;
+        (store, Some(uplink))
+    } else {
+        (store, None)
+    };
     metrics
         .agents
         .store(1, std::sync::atomic::Ordering::Relaxed);
@@ -141,9 +147,49 @@ async fn run(args: RunArgs) -> Result<(), String> {
         store,
         metrics,
         connected: Arc::new(AtomicBool::new(false)),
+        uplink,
     };
     session::run(&agent, &cancel).await;
     Ok(())
+}
+
+/// Starts the DMI server; the store it returns signals Device/DeviceModel changes to it.
+async fn start_dmi(
+    args: &RunArgs,
+    store: Arc<dyn Store>,
+    metrics: &Metrics,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(Arc<dyn Store>, dmi::uplink::UplinkSource), String> {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let store: Arc<dyn Store> = Arc::new(dmi::WatchedStore {
+        inner: store,
+        changed: changed.clone(),
+    });
+    let book = dmi::book::Book::open(
+        &args.data_dir.join("dmi.db"),
+        dmi::book::BookLimits {
+            max_twins: args.dmi.dmi_max_twins,
+        },
+    )
+    .map_err(|e| format!("dmi store: {e}"))?;
+    let config = dmi::DmiConfig {
+        socket: args
+            .dmi
+            .dmi_socket
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("dmi.sock")),
+        rate_per_second: args.dmi.dmi_rate,
+        burst: args.dmi.dmi_burst,
+    };
+    let dmi = dmi::Dmi::new(store.clone(), Arc::new(book), config, changed);
+    let _ = metrics.dmi.set(dmi.metrics.clone());
+    let uplink = dmi.uplink();
+    // Without its socket the agent still syncs objects and serves them: DMI is not worth an
+    // agent that is down.
+    if let Err(e) = dmi::serve(dmi, cancel.clone()).await {
+        tracing::error!(error = %e, "DMI server not started; mappers cannot connect");
+    }
+    Ok((store, uplink))
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
@@ -179,6 +225,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
             node_status: args.node_status,
             ..args.hub.session("", 4 * 1024)?
         },
+        devices: args.devices()?,
     };
     let fleet = simulate::fleet(&opts).map_err(|e| e.to_string())?;
     serve(

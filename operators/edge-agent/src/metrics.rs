@@ -25,6 +25,8 @@ pub struct Metrics {
     pub keepalives: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// The DMI side's counters, when it runs (`edge-agent run`).
+    pub dmi: std::sync::OnceLock<std::sync::Arc<crate::dmi::DmiMetrics>>,
 }
 
 pub fn inc(counter: &AtomicU64) {
@@ -133,6 +135,9 @@ impl Metrics {
                 "# HELP edgefleet_agent_{name} {help}\n# TYPE edgefleet_agent_{name} counter\nedgefleet_agent_{name} {}",
                 value.load(Ordering::Relaxed)
             );
+        }
+        if let Some(dmi) = self.dmi.get() {
+            out.push_str(&dmi.render());
         }
         out
     }

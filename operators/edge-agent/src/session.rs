@@ -65,7 +65,14 @@ pub struct Agent {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub connected: Arc<AtomicBool>,
+    /// Device reports to send to the hub (DMI mappers, or hollow devices).
+    pub uplink: Option<crate::dmi::uplink::UplinkSource>,
 }
+
+/// Reports are coalesced: at most one flush per this interval.
+const REPORT_FLUSH: Duration = Duration::from_millis(250);
+/// How often unanswered (or `busy`) reports are looked at again.
+const REPORT_RECHECK: Duration = Duration::from_secs(5);
 
 /// How a session ended.
 #[derive(Debug, PartialEq)]
@@ -277,6 +284,13 @@ async fn session(agent: &Agent, mut ws: Ws, cancel: &CancellationToken) -> Ended
     let mut status = tokio::time::interval_at(now + cfg.status_interval, cfg.status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = now;
+    let mut reports = agent.uplink.clone().map(crate::dmi::uplink::Uplink::new);
+    let reported = reports.as_ref().map(crate::dmi::uplink::Uplink::reported);
+    // Pending reports (kept while offline) go at once in a new session.
+    let mut flush_at = reports.as_ref().map(|_| now);
+    let mut last_flush = now;
+    let mut recheck = tokio::time::interval_at(now + REPORT_RECHECK, REPORT_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => {
@@ -294,6 +308,11 @@ async fn session(agent: &Agent, mut ws: Ws, cancel: &CancellationToken) -> Ended
                     Some(Ok(WsMessage::Close(frame))) => return Ended::Closed { hint: close_hint(frame.as_ref()) },
                     Some(Ok(_)) => continue,
                 };
+                if let Some(up) = reports.as_mut()
+                    && up.on_frame(&text)
+                {
+                    continue;
+                }
                 if let Some(reply) = handle_frame(agent.store.as_ref(), &cfg.node, &text, metrics)
                     && let Err(e) = send(&mut ws, metrics, &reply).await
                 {
@@ -307,6 +326,33 @@ async fn session(agent: &Agent, mut ws: Ws, cancel: &CancellationToken) -> Ended
                 inc(&metrics.keepalives);
                 if let Err(e) = ws.send(WsMessage::Ping(Default::default())).await {
                     return Ended::Lost(format!("ping: {e}"));
+                }
+            }
+            () = async {
+                match &reported {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                flush_at.get_or_insert((last_flush + REPORT_FLUSH).max(Instant::now()));
+            }
+            _ = recheck.tick(), if reports.is_some() => {
+                flush_at.get_or_insert(Instant::now());
+            }
+            () = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                flush_at = None;
+                last_flush = Instant::now();
+                if let Some(up) = reports.as_mut() {
+                    for report in up.due(crate::dmi::now_ms()) {
+                        if let Err(e) = send(&mut ws, metrics, &report).await {
+                            return Ended::Lost(format!("device report: {e}"));
+                        }
+                    }
                 }
             }
             _ = status.tick(), if cfg.node_status => {

@@ -56,6 +56,8 @@ pub struct SimulateOptions {
     pub hub_ca: Option<String>,
     /// Template: `node` is replaced per agent.
     pub session: SessionConfig,
+    /// Hollow devices per agent (benchmarks), reporting through the agent's session.
+    pub devices: Option<crate::dmi::hollow::HollowDevices>,
 }
 
 pub fn node_name(prefix: &str, width: usize, index: usize) -> String {
@@ -170,12 +172,26 @@ async fn hollow_agent(
         metrics.clone(),
         cancel.clone(),
     ));
+    let uplink = opts.devices.clone().map(|devices| {
+        let source = crate::dmi::uplink::UplinkSource {
+            book: Arc::new(crate::dmi::book::Book::memory(Default::default())),
+            reported: Arc::new(tokio::sync::Notify::new()),
+        };
+        tokio::spawn(crate::dmi::hollow::run(
+            node.clone(),
+            devices,
+            source.clone(),
+            cancel.clone(),
+        ));
+        source
+    });
     let agent = Agent {
         config,
         tls,
         store,
         metrics,
         connected,
+        uplink,
     };
     session::run(&agent, cancel).await;
 }
@@ -236,6 +252,7 @@ mod tests {
             token: None,
             hub_ca: None,
             session: crate::tests_support::session_config("x"),
+            devices: None,
         }
     }
 

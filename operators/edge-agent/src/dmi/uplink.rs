@@ -1,0 +1,322 @@
+//! Reports → hub, over the session (contract: `edgefleet_channel::device`, KubeEdge v1.22's twin
+//! and state messages). What is sent is what the [`Book`] holds as pending: the latest value
+//! per property, so after an outage of any length each property is sent once, with its newest
+//! value. A report leaves the pending set only when the hub answers `"OK"` for exactly that
+//! version; a newer value that arrived meanwhile stays pending. Unanswered reports are resent
+//! after [`RESEND_AFTER`], and all of them on a new session (the hub drops an older resend).
+//!
+//! `actual_version.edge` is the book's arrival counter: it grows, per property too, and is
+//! persisted with the value, so the hub orders reports across agent restarts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_channel::device::{
+    BaseMessage, DeviceRoute, DeviceState, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate,
+    MAX_TWINS_PER_REPORT, MsgTwin, TwinValue, TwinVersion, TypeMetadata, ValueMetadata, report,
+};
+use edgefleet_channel::{Message, Operation};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::book::{Book, DeviceKey, Pending};
+
+/// An unanswered report is sent again after this long (KubeEdge: 60 s idle).
+pub const RESEND_AFTER: Duration = Duration::from_secs(30);
+/// Reports waiting for the hub's answer, per session (the hub takes up to 512).
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Where a session finds the reports to send.
+#[derive(Clone)]
+pub struct UplinkSource {
+    pub book: Arc<Book>,
+    /// Signalled when a report is kept.
+    pub reported: Arc<Notify>,
+}
+
+/// One session's uplink state.
+pub struct Uplink {
+    source: UplinkSource,
+    /// msg_id → what that message carried.
+    in_flight: HashMap<String, (DeviceKey, Pending, Instant)>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The twin report of a device's pending twins (at most [`MAX_TWINS_PER_REPORT`]).
+pub fn twin_message(device: &DeviceKey, pending: &Pending, now_ms: i64) -> Option<Message> {
+    if pending.twins.is_empty() {
+        return None;
+    }
+    let twin = pending
+        .twins
+        .iter()
+        .take(MAX_TWINS_PER_REPORT)
+        .map(|(name, t)| {
+            let version = Some(TwinVersion {
+                cloud: 0,
+                edge: i64::try_from(t.seq).unwrap_or(i64::MAX),
+            });
+            let meta = Some(ValueMetadata {
+                timestamp: t.timestamp_ms,
+            });
+            (
+                name.clone(),
+                MsgTwin {
+                    expected: (!t.observed_desired.is_empty()).then(|| TwinValue {
+                        value: Some(t.observed_desired.clone()),
+                        metadata: meta.clone(),
+                    }),
+                    actual: Some(TwinValue {
+                        value: Some(t.reported.clone()),
+                        metadata: meta,
+                    }),
+                    optional: Some(false),
+                    metadata: Some(TypeMetadata {
+                        type_: if t.type_.is_empty() {
+                            "string".into()
+                        } else {
+                            t.type_.clone()
+                        },
+                    }),
+                    expected_version: version,
+                    actual_version: version,
+                },
+            )
+        })
+        .collect();
+    let update = DeviceTwinUpdate {
+        base: BaseMessage {
+            event_id: uuid_like(device, now_ms),
+            timestamp: now_ms,
+        },
+        twin,
+    };
+    let content = serde_json::to_value(&update).ok()?;
+    Some(report(
+        &DeviceRoute::new(&device.0, &device.1, DeviceTopic::TwinEdgeUpdated),
+        content,
+    ))
+}
+
+/// The state report of a device's pending state.
+pub fn state_message(device: &DeviceKey, pending: &Pending, now_ms: i64) -> Option<Message> {
+    let state = pending.state.as_ref()?;
+    let update = DeviceStateUpdate {
+        base: BaseMessage {
+            event_id: uuid_like(device, now_ms),
+            timestamp: state.timestamp_ms,
+        },
+        device: DeviceState {
+            name: device.1.clone(),
+            state: state.state.clone(),
+            last_online_time: rfc3339(state.timestamp_ms),
+        },
+    };
+    let content = serde_json::to_value(&update).ok()?;
+    Some(report(
+        &DeviceRoute::new(&device.0, &device.1, DeviceTopic::StateUpdate),
+        content,
+    ))
+}
+
+fn uuid_like(device: &DeviceKey, now_ms: i64) -> String {
+    format!("{}-{}-{now_ms}-{}", device.0, device.1, fastrand::u32(..))
+}
+
+impl Uplink {
+    pub fn new(source: UplinkSource) -> Self {
+        Uplink {
+            source,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    pub fn reported(&self) -> Arc<Notify> {
+        self.source.reported.clone()
+    }
+
+    /// What to send now: pending reports not already waiting for an answer (or waiting too
+    /// long), within the in-flight bound.
+    pub fn due(&mut self, now_ms: i64) -> Vec<Message> {
+        let now = Instant::now();
+        self.in_flight
+            .retain(|_, (_, _, sent)| now.duration_since(*sent) < RESEND_AFTER);
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
+        if room == 0 {
+            return Vec::new();
+        }
+        let pending = match self.source.book.pending(room) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "dmi book");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (device, mut p) in pending {
+            // Leave out what is already on its way at the same version.
+            for (_, (_, sent, _)) in self.in_flight.iter().filter(|(_, (k, ..))| k == &device) {
+                p.twins
+                    .retain(|name, t| sent.twins.get(name).is_none_or(|s| s.seq != t.seq));
+                if p.state
+                    .as_ref()
+                    .zip(sent.state.as_ref())
+                    .is_some_and(|(a, b)| a.seq == b.seq)
+                {
+                    p.state = None;
+                }
+            }
+            let twins = Pending {
+                twins: p.twins.into_iter().take(MAX_TWINS_PER_REPORT).collect(),
+                state: None,
+            };
+            if let Some(m) = twin_message(&device, &twins, now_ms) {
+                self.in_flight
+                    .insert(m.header.id.clone(), (device.clone(), twins, now));
+                out.push(m);
+            }
+            if let Some(state) = p.state {
+                let only_state = Pending {
+                    twins: Default::default(),
+                    state: Some(state),
+                };
+                if let Some(m) = state_message(&device, &only_state, now_ms) {
+                    self.in_flight
+                        .insert(m.header.id.clone(), (device.clone(), only_state, now));
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes the hub's answer to one of our reports; false for any other frame.
+    pub fn on_frame(&mut self, text: &str) -> bool {
+        if self.in_flight.is_empty() {
+            return false;
+        }
+        let Ok(message) = Message::parse(text) else {
+            return false;
+        };
+        let Some((device, sent, _)) = self.in_flight.remove(&message.header.parent_id) else {
+            return false;
+        };
+        match message.operation() {
+            Ok(Operation::Response) => {
+                if let Err(e) = self.source.book.taken(&device, &sent) {
+                    tracing::error!(error = %e, "dmi book");
+                }
+            }
+            _ => {
+                let reason = message.content.as_str().unwrap_or_default();
+                // `busy`: the hub is full; the report stays pending and goes again later.
+                if !reason.starts_with("busy") {
+                    tracing::warn!(device = ?device, %reason, "hub refused a device report");
+                    let _ = self.source.book.taken(&device, &sent);
+                }
+            }
+        }
+        true
+    }
+
+    /// A new session: everything unanswered goes again.
+    pub fn reset(&mut self) {
+        self.in_flight.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dmi::book::BookLimits;
+
+    fn source() -> UplinkSource {
+        UplinkSource {
+            book: Arc::new(Book::memory(BookLimits::default())),
+            reported: Arc::new(Notify::new()),
+        }
+    }
+
+    fn report(p: &str, v: &str, ts: i64) -> crate::dmi::book::TwinReport {
+        crate::dmi::book::TwinReport {
+            property: p.into(),
+            reported: v.into(),
+            observed_desired: String::new(),
+            type_: "int".into(),
+            timestamp_ms: ts,
+        }
+    }
+
+    fn dev() -> DeviceKey {
+        ("plant".into(), "t0".into())
+    }
+
+    fn answer(to: &Message, ok: bool) -> String {
+        edgefleet_channel::device::answer(to, if ok { Ok(()) } else { Err("busy: board full") })
+            .to_frame()
+    }
+
+    #[tokio::test]
+    async fn latest_per_property_is_sent_once_and_cleared_only_by_its_ok() {
+        let src = source();
+        let mut up = Uplink::new(src.clone());
+        // An outage: many reports, one value per property kept.
+        for i in 0..50 {
+            src.book
+                .record_twins(&dev(), vec![report("a", &i.to_string(), 100 + i)])
+                .unwrap();
+        }
+        src.book
+            .record_state(&dev(), "online".into(), 1_700_000_000_000)
+            .unwrap();
+        let sent = up.due(1);
+        assert_eq!(sent.len(), 2, "one twin report, one state report");
+        let update = DeviceTwinUpdate::parse(&sent[0].content).unwrap();
+        assert_eq!(
+            update.twin["a"].actual.as_ref().unwrap().value.as_deref(),
+            Some("49")
+        );
+        assert_eq!(update.twin["a"].metadata.as_ref().unwrap().type_, "int");
+        assert_eq!(sent[0].route.resource, "device/plant/t0/twin/edge_updated");
+        let state = DeviceStateUpdate::parse(&sent[1].content).unwrap();
+        assert_eq!(state.device.state, "online");
+        assert!(
+            state
+                .device
+                .last_online_time
+                .starts_with("2023-11-14T22:13:20")
+        );
+        // Nothing new: nothing resent while the answer is awaited.
+        assert!(up.due(2).is_empty());
+        // A newer value meanwhile, then the OK of the older one: the newer stays pending.
+        src.book
+            .record_twins(&dev(), vec![report("a", "new", 999)])
+            .unwrap();
+        assert!(up.on_frame(&answer(&sent[0], true)));
+        assert!(up.on_frame(&answer(&sent[1], true)));
+        let again = up.due(3);
+        assert_eq!(again.len(), 1);
+        let update = DeviceTwinUpdate::parse(&again[0].content).unwrap();
+        assert_eq!(
+            update.twin["a"].actual.as_ref().unwrap().value.as_deref(),
+            Some("new")
+        );
+        // busy: stays pending; a new session resends it.
+        assert!(up.on_frame(&answer(&again[0], false)));
+        up.reset();
+        let resent = up.due(4);
+        assert_eq!(resent.len(), 1);
+        assert!(up.on_frame(&answer(&resent[0], true)));
+        assert!(up.due(5).is_empty());
+        assert!(src.book.pending(10).unwrap().is_empty());
+        // Versions grow per property across reports.
+        let v_old = update.twin["a"].actual_version.unwrap().edge;
+        assert!(v_old > 0);
+    }
+}
