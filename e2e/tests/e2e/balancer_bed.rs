@@ -458,7 +458,7 @@ async fn monitor(
             }
             s.samples.push(Sample { at: now, hubs });
         }
-        if round % 2 == 0
+        if round.is_multiple_of(2)
             && let Ok(list) = nodes.list(&ListParams::default()).await
         {
             let mut s = lock(&seen);
