@@ -188,8 +188,9 @@ impl Cli {
     }
 }
 
-/// SIGTERM now, SIGKILL after a grace period, reaped in the background.
-fn stop(mut child: Child, pod: &str) {
+/// SIGTERM now, SIGKILL after a grace period, reaped in the background (join the handle to
+/// wait until the hub is gone).
+fn stop(mut child: Child, pod: &str) -> std::thread::JoinHandle<()> {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -206,7 +207,7 @@ fn stop(mut child: Child, pod: &str) {
         let _ = child.kill();
         let _ = child.wait();
         tracing::warn!(pod, "hub killed after the grace period");
-    });
+    })
 }
 
 async fn set_ready(api: &Api<Pod>, pod: &str, ready: bool) -> Result<()> {
@@ -283,7 +284,8 @@ async fn main() -> Result<()> {
             if let Some(c) = containers.remove(&name) {
                 let _ = std::fs::remove_file(cli.dir.join(format!("{name}.pid")));
                 if let Some(child) = c.child {
-                    stop(child, &name);
+                    // Reaped in the background while the loop goes on.
+                    drop(stop(child, &name));
                 }
             }
         }
@@ -343,13 +345,14 @@ async fn main() -> Result<()> {
             }
         }
     }
-    for (name, c) in containers {
-        if let Some(child) = c.child {
-            stop(child, &name);
-        }
+    let stoppers: Vec<_> = containers
+        .into_iter()
+        .filter_map(|(name, c)| c.child.map(|child| stop(child, &name)))
+        .collect();
+    // Exit only once every hub is gone (each within its grace period): none is orphaned.
+    for s in stoppers {
+        let _ = s.join();
     }
-    // The stoppers run on threads: give them their grace period.
-    std::thread::sleep(Duration::from_secs(2));
     Ok(())
 }
 
