@@ -15,6 +15,7 @@ mod hostile;
 mod hub;
 mod identity;
 mod leader;
+mod leases;
 mod namespaced;
 mod objectsync;
 mod observability;

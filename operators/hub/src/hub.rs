@@ -35,6 +35,8 @@ pub struct Config {
     pub retry_after_seconds: u64,
     /// How often the Leases of heartbeating nodes are renewed.
     pub lease_renew_interval: Duration,
+    /// Lease renewals in flight at most.
+    pub lease_renewals_in_flight: usize,
     /// How often the load report is rewritten.
     pub report_interval: Duration,
     /// Device report coalescing and writes.

@@ -3,9 +3,14 @@
 //! One write per renewal (a merge patch of `spec`, a create only when the Lease is missing),
 //! never a read. Every tick the renewer takes the nodes whose renewal is due, least recently
 //! renewed first (a node never renewed by this replica first of all: its Lease is the one
-//! closest to expiry), up to the free slots of its own concurrency budget: other API work of
-//! the hub (status writes, edge requests) cannot take those slots. Renewals spread over the
-//! interval by themselves: a node is due again one interval after its last renewal finished.
+//! closest to expiry), up to the free slots of its own concurrency budget
+//! (`--lease-renewals-in-flight`): other API work of the hub (status writes, edge requests)
+//! cannot take those slots. Renewals spread over the interval by themselves: a node is due again
+//! one interval after its last renewal finished. When the API server cannot take N ÷ interval
+//! writes a second, every node is renewed less often but in turn (oldest first), and
+//! `edgefleet_hub_lease_oldest_renewal_seconds` shows how close the least recent one is to the
+//! node-monitor grace period — the figure to alert on before a node goes NotReady. In the chart
+//! a FlowSchema puts these writes in the `node-high` priority level, as a kubelet's own.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,8 +30,6 @@ use crate::wire::FIELD_MANAGER;
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease duration written for edge nodes (kubelet's default).
 pub const NODE_LEASE_SECONDS: i32 = 40;
-/// Renewals in flight at most: the renewer's own budget.
-pub const RENEWALS_IN_FLIGHT: usize = 32;
 /// A renewal that has not finished by then failed (the next tick tries again).
 pub const RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the renewer looks for due nodes.
@@ -74,6 +77,16 @@ pub fn due(
     // `None` (never renewed here) sorts first, then the oldest renewal.
     due.sort();
     due.into_iter().take(slots).map(|(_, i)| i).collect()
+}
+
+/// Seconds since the least recent renewal among `nodes` (those never renewed here are not
+/// counted: they go first anyway), 0 when there is none (pure).
+pub fn oldest_renewal(nodes: &[(usize, Option<Instant>, bool)], now: Instant) -> f64 {
+    nodes
+        .iter()
+        .filter_map(|(_, last, _)| *last)
+        .min()
+        .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64())
 }
 
 fn params() -> PatchParams {
@@ -212,7 +225,7 @@ async fn confirm_ready(hub: &Hub, node: &str) -> Result<(), kube::Error> {
 /// Renews the Leases of the heartbeating nodes whose sessions live here, until shutdown. A node
 /// whose session is gone is not renewed: the node-lifecycle controller marks it NotReady.
 pub async fn run(hub: Arc<Hub>) {
-    let budget = Arc::new(Semaphore::new(RENEWALS_IN_FLIGHT));
+    let budget = Arc::new(Semaphore::new(hub.config.lease_renewals_in_flight.max(1)));
     let interval = hub.config.lease_renew_interval;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -222,9 +235,6 @@ pub async fn run(hub: Arc<Hub>) {
             _ = tick.tick() => {}
         }
         let slots = budget.available_permits();
-        if slots == 0 {
-            continue;
-        }
         let sessions: Vec<Arc<Session>> = hub
             .registry
             .all()
@@ -241,6 +251,9 @@ pub async fn run(hub: Arc<Hub>) {
                 (i, st.renewed, st.in_flight || waiting)
             })
             .collect();
+        hub.metrics
+            .lease_oldest_renewal
+            .set(oldest_renewal(&states, now));
         for i in due(&states, now, interval, slots) {
             let Some(session) = sessions.get(i) else {
                 continue;
@@ -274,5 +287,15 @@ mod tests {
         assert_eq!(due(&nodes, now, interval, 10), vec![2, 3, 0, 5]);
         assert_eq!(due(&nodes, now, interval, 2), vec![2, 3]);
         assert!(due(&nodes, now, interval, 0).is_empty());
+    }
+
+    #[test]
+    fn the_oldest_renewal_is_the_least_recent_one_renewed_here() {
+        let now = Instant::now();
+        let ago = |s: u64| Some(now - Duration::from_secs(s));
+        assert_eq!(oldest_renewal(&[], now), 0.0);
+        assert_eq!(oldest_renewal(&[(0, None, false)], now), 0.0);
+        let nodes = [(0, ago(3), false), (1, None, false), (2, ago(31), true)];
+        assert_eq!(oldest_renewal(&nodes, now), 31.0);
     }
 }

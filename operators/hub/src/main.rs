@@ -52,6 +52,16 @@ struct Cli {
     #[arg(long, env = "EDGEFLEET_HUB_LEASE_RENEW_SECONDS", default_value_t = 10)]
     lease_renew_seconds: u64,
 
+    /// Lease renewals in flight at most: the renewer's own budget, which no other API work of the
+    /// hub can take. Renewals per second ≈ this ÷ the API server's write latency; a replica
+    /// holding N nodes needs ≥ N ÷ 40 a second (hack/bench/lease-writes measures a cluster).
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_LEASE_RENEWALS_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    lease_renewals_in_flight: usize,
+
     /// How often the load report is rewritten, seconds.
     #[arg(long, env = "EDGEFLEET_HUB_REPORT_SECONDS", default_value_t = 5)]
     report_seconds: u64,
@@ -163,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         window: cli.window,
         retry_after_seconds: cli.retry_after_seconds,
         lease_renew_interval: Duration::from_secs(cli.lease_renew_seconds.max(1)),
+        lease_renewals_in_flight: cli.lease_renewals_in_flight.max(1),
         report_interval: Duration::from_secs(cli.report_seconds.max(1)),
         devices: edgefleet_hub::device::Settings {
             flush_interval: Duration::from_millis(cli.device_flush_ms.max(10)),

@@ -44,6 +44,8 @@ pub struct HubMetrics {
     pub status_pending: IntGauge,
     /// Lease renewals, by result (`ok`, `failed`).
     pub lease_renewals: IntCounterVec,
+    /// Age of the oldest renewal among heartbeating nodes: how close the renewer is to losing one.
+    pub lease_oldest_renewal: Gauge,
     /// Unix time of this replica's last successful load report write (0: none yet). The
     /// balancer reads the reports; a report that stops being written leaves it blind.
     pub load_report_written: Gauge,
@@ -146,6 +148,10 @@ impl HubMetrics {
                 ),
                 &["result"],
             )?,
+            lease_oldest_renewal: Gauge::new(
+                "edgefleet_hub_lease_oldest_renewal_seconds",
+                "Seconds since the least recently renewed Lease of a heartbeating node here was renewed (a node goes NotReady past the node-monitor grace period, 40 s by default).",
+            )?,
             load_report_written: Gauge::new(
                 "edgefleet_hub_load_report_last_write_timestamp_seconds",
                 "Unix time of this replica's last successful load report write (0: none yet).",
@@ -178,6 +184,7 @@ impl HubMetrics {
             Box::new(self.status_give_ups.clone()),
             Box::new(self.status_pending.clone()),
             Box::new(self.lease_renewals.clone()),
+            Box::new(self.lease_oldest_renewal.clone()),
             Box::new(self.load_report_written.clone()),
         ];
         own.into_iter().chain(self.devices.collectors()).collect()
