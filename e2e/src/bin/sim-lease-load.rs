@@ -1,0 +1,197 @@
+//! `sim-lease-load`: how many node-Lease renewals a second the test bed's API server takes.
+//!
+//! The hub renews the Lease of every connected node as a kubelet would (one merge patch of
+//! `spec.renewTime` per renewal). Whether one replica can hold N sessions without a node going
+//! NotReady is bounded by this figure: N nodes whose Leases must be renewed within the
+//! node-lifecycle controller's grace period (40 s) need at least N / 40 writes a second. This
+//! measures the API server alone, without the hub: the same patch, from W concurrent writers over
+//! L Leases (round robin, so each Lease is written as often as the others), for a fixed time per
+//! W. Prints one line per W: writes/s, latency p50/p99, errors.
+//!
+//! The Leases live in their own namespace (created, and deleted at the end), not in
+//! kube-node-lease, so no controller reads them.
+//!
+//!   sim-lease-load --leases 20000 --writers 16,64,256 --seconds 20
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Measures node-Lease renewals per second the API server takes")]
+struct Cli {
+    /// Leases written round robin (as many as the nodes one hub would hold).
+    #[arg(long, default_value_t = 20_000)]
+    leases: usize,
+    /// Concurrent writers, one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    writers: Vec<usize>,
+    /// Measurement time per writer count.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Namespace of the Leases (created if missing, deleted at the end).
+    #[arg(long, default_value = "edgefleet-bench-leases")]
+    namespace: String,
+    /// Keep the namespace (and its Leases) at the end.
+    #[arg(long)]
+    keep: bool,
+}
+
+const FIELD_MANAGER: &str = "sim-lease-load";
+/// As the hub's renewer: a write that has not finished by then failed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn lease_name(i: usize) -> String {
+    format!("lease-{i:06}")
+}
+
+async fn ensure_leases(api: &Api<Lease>, count: usize) -> Result<()> {
+    let started = Instant::now();
+    let created = AtomicUsize::new(0);
+    futures::stream::iter(0..count)
+        .for_each_concurrent(64, |i| {
+            let created = &created;
+            async move {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(lease_name(i)),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(lease_name(i)),
+                        lease_duration_seconds: Some(40),
+                        ..Default::default()
+                    }),
+                };
+                match api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => {
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => eprintln!("creating {}: {e}", lease_name(i)),
+                }
+            }
+        })
+        .await;
+    eprintln!(
+        "{} Leases ready ({} created in {:.1} s)",
+        count,
+        created.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+struct Figures {
+    writes: usize,
+    errors: usize,
+    latencies: Vec<Duration>,
+}
+
+/// `writers` concurrent loops over the Leases for `seconds`.
+async fn measure(api: &Api<Lease>, leases: usize, writers: usize, seconds: u64) -> Figures {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let tasks = (0..writers).map(|_| {
+        let (api, next, params) = (api.clone(), next.clone(), params.clone());
+        tokio::spawn(async move {
+            let mut figures = Figures {
+                writes: 0,
+                errors: 0,
+                latencies: Vec::new(),
+            };
+            while Instant::now() < deadline {
+                let name = lease_name(next.fetch_add(1, Ordering::Relaxed) % leases);
+                let patch = json!({"spec": {"renewTime": MicroTime(jiff::Timestamp::now())}});
+                let started = Instant::now();
+                let patch = Patch::Merge(patch);
+                let write = api.patch(&name, &params, &patch);
+                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                    Ok(Ok(_)) => {
+                        figures.writes += 1;
+                        figures.latencies.push(started.elapsed());
+                    }
+                    _ => figures.errors += 1,
+                }
+            }
+            figures
+        })
+    });
+    let mut all = Figures {
+        writes: 0,
+        errors: 0,
+        latencies: Vec::new(),
+    };
+    for done in futures::future::join_all(tasks).await {
+        let Ok(f) = done else { continue };
+        all.writes += f.writes;
+        all.errors += f.errors;
+        all.latencies.extend(f.latencies);
+    }
+    all.latencies.sort();
+    all
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let client = Client::try_default().await.context("kubeconfig")?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(cli.namespace.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).context("creating the namespace"),
+    }
+    let api: Api<Lease> = Api::namespaced(client, &cli.namespace);
+    ensure_leases(&api, cli.leases).await?;
+    println!(
+        "{:>8} {:>10} {:>9} {:>9} {:>7}  (Lease merge patches, {} Leases, {} s each)",
+        "writers", "writes/s", "p50 s", "p99 s", "errors", cli.leases, cli.seconds
+    );
+    for &writers in &cli.writers {
+        let f = measure(&api, cli.leases, writers.max(1), cli.seconds).await;
+        println!(
+            "{:>8} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            writers,
+            f.writes as f64 / cli.seconds as f64,
+            quantile(&f.latencies, 0.5),
+            quantile(&f.latencies, 0.99),
+            f.errors
+        );
+    }
+    if !cli.keep {
+        namespaces
+            .delete(&cli.namespace, &DeleteParams::background())
+            .await
+            .context("deleting the namespace")?;
+    }
+    Ok(())
+}
