@@ -189,6 +189,11 @@ pub struct SimulateArgs {
     /// One SQLite store per agent under --data-dir instead of memory.
     #[arg(long, env = "EDGEFLEET_SIM_SQLITE", requires = "data_dir")]
     pub sqlite: bool,
+    /// Only enrol: each agent obtains its identity into --data-dir (bootstrap when it has none)
+    /// and stops; the process exits when every agent has one. A benchmark enrols a fleet once,
+    /// then measures sessions without the enrolment in the ramp.
+    #[arg(long, env = "EDGEFLEET_SIM_ENROL_ONLY", requires = "data_dir")]
+    pub enrol_only: bool,
     /// Admin server: /metrics, /healthz, /agents, /agents/{node}/objects.
     #[arg(long, env = "EDGEFLEET_SIM_ADMIN", default_value = "127.0.0.1:10551")]
     pub admin_addr: SocketAddr,

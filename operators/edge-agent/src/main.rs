@@ -218,6 +218,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         ramp_per_second: args.ramp_per_second,
         data_dir: args.data_dir.clone(),
         sqlite: args.sqlite,
+        enrol_only: args.enrol_only,
         token: args.hub.token()?,
         hub_ca: args.hub.hub_ca()?,
         // Hollow agents receive little: a 4 KiB read buffer (it grows for a large frame).
@@ -240,6 +241,39 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         node_status = args.node_status,
         "starting hollow agents"
     );
-    simulate::run(opts, fleet, cancel).await;
+    let enrol_only = opts.enrol_only;
+    let started = std::time::Instant::now();
+    simulate::run(opts, fleet.clone(), cancel).await;
+    if enrol_only {
+        // Agents that stopped for good (a refused token) have no identity: said, and a failure.
+        let enrolled = fleet
+            .agents
+            .keys()
+            .filter(|node| {
+                args.data_dir.as_ref().is_some_and(|d| {
+                    matches!(
+                        identity::Identity::load(&d.join(node.as_str())),
+                        Ok(Some(_))
+                    )
+                })
+            })
+            .count();
+        tracing::info!(
+            enrolled,
+            bootstrapped = fleet
+                .metrics
+                .bootstraps
+                .load(std::sync::atomic::Ordering::Relaxed),
+            seconds = started.elapsed().as_secs_f64(),
+            "enrolment done"
+        );
+        if enrolled < args.nodes {
+            return Err(format!(
+                "{} of {} agents have no identity",
+                args.nodes - enrolled,
+                args.nodes
+            ));
+        }
+    }
     Ok(())
 }

@@ -52,6 +52,8 @@ pub struct SimulateOptions {
     pub ramp_per_second: u32,
     pub data_dir: Option<PathBuf>,
     pub sqlite: bool,
+    /// Obtain each identity into `data_dir`, then stop (no session).
+    pub enrol_only: bool,
     pub token: Option<String>,
     pub hub_ca: Option<String>,
     /// Template: `node` is replaced per agent.
@@ -162,6 +164,9 @@ async fn hollow_agent(
     if bootstrapped {
         inc(&metrics.bootstraps);
     }
+    if opts.enrol_only {
+        return;
+    }
     let tls = Arc::new(crate::renew::TlsSlot::new(tls));
     tokio::spawn(crate::renew::keep_renewed(
         node.clone(),
@@ -248,6 +253,7 @@ mod tests {
             start_index: 3,
             ramp_per_second: 1000,
             data_dir: None,
+            enrol_only: false,
             sqlite: false,
             token: None,
             hub_ca: None,
