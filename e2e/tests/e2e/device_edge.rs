@@ -194,10 +194,10 @@ fn watch_temperature(api: Api<Device>) -> (Arc<Mutex<Vec<String>>>, tokio::task:
     (seen, task)
 }
 
-/// The values seen from `first` on (the watch's history before it is another step's).
+/// The values seen from the first `first` on (the history before it is another step's).
 fn seen_from(seen: &Mutex<Vec<String>>, first: &str) -> Vec<String> {
     let seen = seen.lock().unwrap();
-    let start = seen.iter().rposition(|v| v == first).unwrap_or(seen.len());
+    let start = seen.iter().position(|v| v == first).unwrap_or(seen.len());
     seen[start..].to_vec()
 }
 
