@@ -34,6 +34,8 @@ struct State {
     devices: BTreeMap<(String, String), HeldDevice>,
     models: BTreeMap<(String, String), proto::DeviceModel>,
     calls: Vec<String>,
+    /// `(namespace, device, property)` → the last value the agent took (answered OK).
+    accepted: BTreeMap<(String, String, String), String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -289,10 +291,41 @@ impl TestMapper {
             .map(|d| d.values.clone())
     }
 
+    /// The hardware's value of `property` changes (a sensor reading, a knob turned by hand):
+    /// reported from the next cycle on, until a desired value or another change replaces it.
+    /// False when the mapper does not hold the device.
+    pub fn set_value(&self, namespace: &str, name: &str, property: &str, value: &str) -> bool {
+        let mut s = self.lock();
+        let Some(held) = s
+            .devices
+            .get_mut(&(namespace.to_string(), name.to_string()))
+        else {
+            return false;
+        };
+        held.values.insert(property.to_string(), value.to_string());
+        true
+    }
+
+    /// The last value of `property` the agent took from this mapper (its report answered OK).
+    pub fn accepted(&self, namespace: &str, name: &str, property: &str) -> Option<String> {
+        self.lock()
+            .accepted
+            .get(&(
+                namespace.to_string(),
+                name.to_string(),
+                property.to_string(),
+            ))
+            .cloned()
+    }
+
     /// Stops serving and reporting (the agent sees the mapper gone).
     pub fn stop(&self) {
         self.cancel.cancel();
     }
+}
+
+fn state_lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One twin per call, every property of every device, each cycle; then each device's state.
@@ -373,13 +406,36 @@ async fn report_loop(
                 .collect()
         };
         let mut states = BTreeMap::new();
-        for (twin, state) in reports {
-            if let Err(e) = client.report_device_status(twin).await {
-                tracing::debug!(error = %e, "test mapper report refused");
+        for (twin, device_state) in reports {
+            let key = (
+                twin.device_namespace.clone(),
+                twin.device_name.clone(),
+                twin.reported_device
+                    .as_ref()
+                    .and_then(|d| d.twins.first())
+                    .map(|t| t.property_name.clone())
+                    .unwrap_or_default(),
+            );
+            let value = twin
+                .reported_device
+                .as_ref()
+                .and_then(|d| d.twins.first())
+                .and_then(|t| t.reported.as_ref())
+                .map(|r| r.value.clone())
+                .unwrap_or_default();
+            match client.report_device_status(twin).await {
+                Ok(_) => {
+                    let mut s = state_lock(&state);
+                    s.accepted.insert(key, value);
+                }
+                Err(e) => tracing::debug!(error = %e, "test mapper report refused"),
             }
             states.insert(
-                (state.device_namespace.clone(), state.device_name.clone()),
-                state,
+                (
+                    device_state.device_namespace.clone(),
+                    device_state.device_name.clone(),
+                ),
+                device_state,
             );
         }
         for state in states.into_values() {

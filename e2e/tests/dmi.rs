@@ -219,11 +219,20 @@ async fn a_device_whose_model_arrives_later_is_registered_when_it_does() -> Resu
         &device("late", "late-model", "5", "10"),
     )?;
     // Reports for it are refused while its model is missing (no value is kept unchecked).
-    let mut client = mapper.agent(&agent.socket())?;
-    let early = client
-        .report_device_status(twin_report("late", "interval", "5"))
-        .await
-        .expect_err("a report for a device without its model");
+    // The agent takes the put in asynchronously: until it has, the device is unknown here
+    // (NotFound); once it has, the missing model is the refusal.
+    let client = mapper.agent(&agent.socket())?;
+    let early = wait_for("the agent to know the device", WAIT, || {
+        let mut client = client.clone();
+        async move {
+            let e = client
+                .report_device_status(twin_report("late", "interval", "5"))
+                .await
+                .expect_err("a report for a device without its model");
+            Ok((e.code() != tonic::Code::NotFound).then_some(e))
+        }
+    })
+    .await?;
     assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
     assert!(
         early

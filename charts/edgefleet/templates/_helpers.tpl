@@ -74,7 +74,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 - --leader-election-id={{ include "edgefleet.operatorName" . }}
 - --lease-duration-seconds={{ .root.Values.leaderElection.leaseDurationSeconds }}
 - --lease-grace-seconds={{ .root.Values.leaderElection.graceSeconds }}
-{{- if and (include "edgefleet.namespaced" .) (has .name (list "rollout" "objectsync" "hub")) }}
+{{- if and (include "edgefleet.namespaced" .) (has .name (list "rollout" "objectsync" "hub" "device")) }}
 - --watch-namespace={{ join "," .root.Values.watchNamespaces }}
 {{- end }}
 {{- end -}}

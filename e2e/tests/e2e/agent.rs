@@ -174,7 +174,7 @@ impl EdgeAgent {
     }
 
     /// SIGKILL: the node loses power.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

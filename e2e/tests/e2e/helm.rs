@@ -120,7 +120,7 @@ async fn install_upgrade_uninstall_in_a_restricted_namespace() {
     let deployments: Api<Deployment> = ns.api();
     let name = |op: &str| format!("{release}-edgefleet-{op}");
     let mut want_pods = 0;
-    for op in ["rollout", "objectsync", "hub", "balancer"] {
+    for op in ["rollout", "objectsync", "hub", "balancer", "device"] {
         let d = deployments.get(&name(op)).await.unwrap();
         assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2), "{op}");
         want_pods += 2;
@@ -131,7 +131,7 @@ async fn install_upgrade_uninstall_in_a_restricted_namespace() {
         let pdbs: Api<PodDisruptionBudget> = ns.api();
         pdbs.get(&name(op)).await.unwrap();
     }
-    // Device is off until its edge path lands.
+    // Every operator is on by default, the device operator included.
     let sas: Api<ServiceAccount> = ns.api();
     let mut sa_names = names_of(&sas, release).await;
     sa_names.sort();
@@ -139,6 +139,7 @@ async fn install_upgrade_uninstall_in_a_restricted_namespace() {
         sa_names,
         [
             name("balancer"),
+            name("device"),
             name("hub"),
             name("objectsync"),
             name("rollout")

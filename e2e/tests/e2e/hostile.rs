@@ -46,7 +46,7 @@ fn mutated(rng: &mut Rng, node: &str) -> String {
         ResourceType::Node,
         ResourceType::ConfigMap,
         ResourceType::Secret,
-        ResourceType::DeviceTwin,
+        ResourceType::Device,
     ];
     let mut m = Message::new(
         SOURCE_EDGE,

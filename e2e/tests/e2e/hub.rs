@@ -664,7 +664,7 @@ async fn hub_refuses_forgeries_and_malformed_frames() {
     cleanup_nodes(&client, &[a, b]).await;
 }
 
-/// Node status → Node Ready + Lease renewed; twin reports patch only the node's own devices;
+/// Node status → Node Ready + Lease renewed; the retired `<ns>/devicetwin/<name>` path refused;
 /// over capacity → 503 + Retry-After; two replicas each write a load report.
 #[tokio::test]
 async fn hub_heartbeats_twins_capacity_and_load_reports() {
@@ -728,7 +728,9 @@ async fn hub_heartbeats_twins_capacity_and_load_reports() {
     .await
     .unwrap();
 
-    // Twins: own device patched, another node's refused.
+    // The pre-KubeEdge twin path (`<ns>/devicetwin/<name>`, an unordered merge of
+    // `status.twins`) is gone: refused, nothing written, even for the node's own device. Twin
+    // reports go by `device/<ns>/<name>/twin/edge_updated` only (device_hub.rs).
     let ar = ApiResource {
         group: "devices.kubeedge.io".into(),
         version: "v1beta1".into(),
@@ -737,38 +739,26 @@ async fn hub_heartbeats_twins_capacity_and_load_reports() {
         plural: "devices".into(),
     };
     let devices: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
-    for (name, node) in [("thermo-a", &a), ("thermo-b", &b)] {
-        let dev: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
-            "metadata": {"name": name},
-            "spec": {"deviceModelRef": {"name": "thermo"}, "nodeName": node},
-        }))
-        .unwrap();
-        devices.create(&PostParams::default(), &dev).await.unwrap();
-    }
+    let dev: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "thermo-a"},
+        "spec": {"deviceModelRef": {"name": "thermo"}, "nodeName": &a},
+    }))
+    .unwrap();
+    devices.create(&PostParams::default(), &dev).await.unwrap();
     let twin = json!({"twins": [{"propertyName": "temperature", "reported": {"value": "21.5", "metadata": {"timestamp": "1"}}}]});
     let reply = sa
         .request(
             Operation::Update,
             &format!("{}/devicetwin/thermo-a", ns.name),
-            twin.clone(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(reply.route.operation, "response", "{:?}", reply.content);
-    let dev = devices.get("thermo-a").await.unwrap();
-    assert_eq!(dev.data["status"]["twins"][0]["reported"]["value"], "21.5");
-    let reply = sa
-        .request(
-            Operation::Update,
-            &format!("{}/devicetwin/thermo-b", ns.name),
             twin,
         )
         .await
         .unwrap();
-    assert_eq!(reply.route.operation, "error");
-    let dev = devices.get("thermo-b").await.unwrap();
+    assert_eq!(reply.route.operation, "error", "{:?}", reply.content);
+    let dev = devices.get("thermo-a").await.unwrap();
     assert!(dev.data.pointer("/status/twins").is_none());
+    sa.alive().await.unwrap();
 
     // Capacity 2: a and b fit, c is refused with a Retry-After.
     let _sb = edge.connect(&id_b, &b).await.unwrap();

@@ -8,6 +8,7 @@ mod channel;
 mod chart;
 mod crds;
 mod device;
+mod device_edge;
 mod device_hub;
 mod gitops;
 mod helm;

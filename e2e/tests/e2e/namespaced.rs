@@ -208,6 +208,8 @@ async fn namespaced_rbac_grants_only_the_watched_namespace() {
         ("hub", "watch", "", "configmaps"),
         ("hub", "get", "", "secrets"),
         ("hub", "patch", "reliablesyncs.kubeedge.io", "objectsyncs"),
+        ("device", "watch", "devices.kubeedge.io", "devices"),
+        ("device", "patch", "devices.kubeedge.io", "devicemodels"),
     ];
     for (component, verb, group, resource) in checks {
         let sa = rbac.serviceaccount(component);
@@ -229,6 +231,7 @@ async fn namespaced_rbac_grants_only_the_watched_namespace() {
     for (component, verb, group, resource) in [
         ("rollout", "watch", "", "nodes"),
         ("objectsync", "watch", "", "nodes"),
+        ("device", "watch", "", "nodes"),
         ("hub", "patch", "", "nodes"),
         (
             "hub",

@@ -222,7 +222,7 @@ async fn prometheus_scrapes_every_metric_the_dashboards_and_alerts_use() {
             let base = resolve(&name, &exported).unwrap_or_else(|| panic!("{}: {name}", q.source));
             // The balancer does not run here (off by default, no HubBalancer in this test):
             // its series are checked by the balancer's own e2e when it lands (issue 13). Nor
-            // does the device operator (off by default): `edgefleet_device_*` are its own.
+            // does the device operator (not started here): `edgefleet_device_*` are its own.
             if !only_on_failure(&base)
                 && !base.starts_with("edgefleet_balancer_")
                 && !base.starts_with("edgefleet_device_")

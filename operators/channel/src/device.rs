@@ -305,7 +305,7 @@ pub fn report(route: &DeviceRoute, content: serde_json::Value) -> Message {
         SOURCE_TWIN,
         GROUP_RESOURCE,
         Operation::Update,
-        &crate::Resource::new("", crate::ResourceType::DeviceTwin, "x"),
+        &crate::Resource::new("", crate::ResourceType::Device, "x"),
     );
     msg.route.resource = route.to_string();
     msg.content = content;

@@ -19,12 +19,10 @@ pub enum ResourceType {
     Node,
     /// edge → cloud: the session's own node status (keeps the Node Ready and its Lease renewed).
     NodeStatus,
-    /// edge → cloud: reported twin values of a device bound to the session's node.
-    DeviceTwin,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 8] = [
+    pub const ALL: [ResourceType; 7] = [
         ResourceType::Pod,
         ResourceType::ConfigMap,
         ResourceType::Secret,
@@ -32,7 +30,6 @@ impl ResourceType {
         ResourceType::DeviceModel,
         ResourceType::Node,
         ResourceType::NodeStatus,
-        ResourceType::DeviceTwin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,7 +41,6 @@ impl ResourceType {
             ResourceType::DeviceModel => "devicemodel",
             ResourceType::Node => "node",
             ResourceType::NodeStatus => "nodestatus",
-            ResourceType::DeviceTwin => "devicetwin",
         }
     }
 
@@ -82,7 +78,6 @@ impl ResourceType {
             ResourceType::DeviceModel => "devicemodels",
             ResourceType::Node => "nodes",
             ResourceType::NodeStatus => "nodestatuses",
-            ResourceType::DeviceTwin => "devicetwins",
         }
     }
 }
@@ -188,7 +183,7 @@ mod tests {
         for s in [
             "default/configmap/toll-config",
             "/node/edge-0001",
-            "plant-7/devicetwin/thermo.1",
+            "plant-7/device/thermo.1",
         ] {
             assert_eq!(s.parse::<Resource>().unwrap().to_string(), s);
         }

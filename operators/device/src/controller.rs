@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use edgefleet_api::devices::{Device, DeviceModel, PropertySyncState};
 use edgefleet_kit::ReconcileMetrics;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
@@ -32,8 +32,9 @@ use crate::sync::Staleness;
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Watch objects in this namespace only (`--watch-namespace`); nodes are cluster-wide.
-    pub namespace: Option<String>,
+    /// A watch per entry (`--watch-namespace`, a list; `None`: every namespace), so a
+    /// namespaced install needs no cluster-wide rights on Devices; nodes are cluster-wide.
+    pub scopes: Vec<Option<String>>,
     pub staleness: Staleness,
     pub workers: usize,
 }
@@ -224,10 +225,11 @@ impl Table for Node {
     }
 }
 
-/// Feeds one watch into the index. A relist is applied as it arrives and, once done, objects
-/// it did not contain count as deleted.
+/// Feeds one watch (of `scope`: one namespace, or all) into the index. A relist is applied as
+/// it arrives and, once done, objects of its scope it did not contain count as deleted.
 async fn drive<K: Table>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    scope: Option<String>,
     shared: Arc<Shared>,
 ) {
     let mut stream = std::pin::pin!(stream);
@@ -259,6 +261,7 @@ async fn drive<K: Table>(
                 let seen = relist.take().unwrap_or_default();
                 let gone: Vec<Key> = K::keys(&index)
                     .into_iter()
+                    .filter(|k| scope.as_ref().is_none_or(|ns| *ns == k.0))
                     .filter(|k| !seen.contains(k))
                     .collect();
                 let mut work = Vec::new();
@@ -444,21 +447,38 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(Shared::new());
-    let ns = &config.namespace;
+    let scopes = if config.scopes.is_empty() {
+        vec![None]
+    } else {
+        config.scopes.clone()
+    };
+    // Devices and models per scope, plus nodes: the caches are synced when all have listed.
+    let lists = 2 * scopes.len() + 1;
     let watches = async {
+        let namespaced = scopes.iter().flat_map(|ns| {
+            [
+                drive(
+                    watcher(api::<Device>(&client, ns), watcher::Config::default())
+                        .default_backoff(),
+                    ns.clone(),
+                    shared.clone(),
+                )
+                .boxed(),
+                drive(
+                    watcher(api::<DeviceModel>(&client, ns), watcher::Config::default())
+                        .default_backoff(),
+                    ns.clone(),
+                    shared.clone(),
+                )
+                .boxed(),
+            ]
+        });
         tokio::join!(
-            drive(
-                watcher(api::<Device>(&client, ns), watcher::Config::default()).default_backoff(),
-                shared.clone(),
-            ),
-            drive(
-                watcher(api::<DeviceModel>(&client, ns), watcher::Config::default())
-                    .default_backoff(),
-                shared.clone(),
-            ),
+            futures::future::join_all(namespaced),
             drive(
                 watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
                     .default_backoff(),
+                None,
                 shared.clone(),
             ),
         );
@@ -473,7 +493,7 @@ pub async fn run(
     };
     let workers = async {
         let mut synced = shared.synced.subscribe();
-        if synced.wait_for(|n| *n >= 3).await.is_err() {
+        if synced.wait_for(|n| *n >= lists).await.is_err() {
             return;
         }
         let (devices, models) = lock(&shared.index).len();
@@ -485,7 +505,7 @@ pub async fn run(
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
-            census(&shared, &device_metrics);
+            census(&shared, &device_metrics, lists);
         }
     };
     tokio::select! {
@@ -497,7 +517,17 @@ pub async fn run(
 }
 
 /// Counts Devices and properties for the gauges: O(devices) every 10 s, never per event.
-fn census(shared: &Shared, metrics: &DeviceMetrics) {
+/// Nothing before the first lists are in: a new leader's empty index is not "no devices".
+fn census(shared: &Shared, metrics: &DeviceMetrics, lists: usize) {
+    if *shared.synced.borrow() < lists {
+        return;
+    }
+    for (state, n) in lock(&shared.index).devices_by_state() {
+        metrics
+            .devices_by_state
+            .with_label_values(&[state.label()])
+            .set(n);
+    }
     let mut devices: HashMap<(bool, &'static str), i64> = HashMap::new();
     let mut properties: HashMap<PropertySyncState, i64> = HashMap::new();
     for o in lock(&shared.outcomes).values() {

@@ -4,10 +4,12 @@
 //!
 //! Every `set_*` returns the [`Work`] the change calls for.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use edgefleet_api::devices::{Device, DeviceModel};
 use kube::ResourceExt;
+
+use crate::sync::DeviceState;
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
@@ -184,6 +186,18 @@ impl Index {
     pub fn len(&self) -> (usize, usize) {
         (self.devices.len(), self.models.len())
     }
+
+    /// Devices by the state their edge last reported, every state present (0 when none): the
+    /// index holds what the API server holds, so a restarted operator counts right as soon as
+    /// its first list is in. O(devices).
+    pub fn devices_by_state(&self) -> BTreeMap<DeviceState, i64> {
+        let mut out: BTreeMap<DeviceState, i64> =
+            DeviceState::ALL.iter().map(|s| (*s, 0)).collect();
+        for device in self.devices.values() {
+            *out.entry(DeviceState::of(device)).or_default() += 1;
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +225,42 @@ mod tests {
             "spec": {"protocol": "modbus"},
         }))
         .unwrap()
+    }
+
+    fn with_state(mut d: Device, state: &str) -> Device {
+        d.status.get_or_insert_with(Default::default).state = Some(state.into());
+        d
+    }
+
+    #[test]
+    fn devices_are_counted_by_reported_state() {
+        let mut index = Index::new();
+        let count =
+            |index: &Index| -> Vec<i64> { index.devices_by_state().into_values().collect() };
+        // Online, Offline, Unhealthy, Unknown: every state present from the start.
+        assert_eq!(count(&index), vec![0, 0, 0, 0]);
+        index.set_device(key("a"), Some(with_state(device("a", "m", "n1"), "online")));
+        index.set_device(key("b"), Some(with_state(device("b", "m", "n1"), "ok")));
+        index.set_device(
+            key("c"),
+            Some(with_state(device("c", "m", "n2"), "offline")),
+        );
+        index.set_device(key("d"), Some(device("d", "m", "n2")));
+        index.set_device(
+            key("e"),
+            Some(with_state(device("e", "m", "n2"), "unhealthy")),
+        );
+        assert_eq!(count(&index), vec![2, 1, 1, 1]);
+        // A device changing state moves, never counts twice; a deleted one leaves.
+        index.set_device(
+            key("a"),
+            Some(with_state(device("a", "m", "n1"), "disconnected")),
+        );
+        index.set_device(key("c"), None);
+        assert_eq!(count(&index), vec![1, 1, 1, 1]);
+        // The same event twice (a watch relist) changes nothing.
+        index.set_device(key("b"), Some(with_state(device("b", "m", "n1"), "ok")));
+        assert_eq!(count(&index), vec![1, 1, 1, 1]);
     }
 
     #[test]

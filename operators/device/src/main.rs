@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let elector = kit::LeaderElector::from_args(client.clone(), &cli.common, OPERATOR)?
         .with_leader_gauge(metrics.leader.clone());
     let config = Config {
-        namespace: cli.common.watch_namespace.clone(),
+        scopes: cli.common.watch_scopes(),
         staleness: Staleness {
             floor: Duration::from_secs(cli.stale_after_seconds),
         },

@@ -7,6 +7,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 pub struct DeviceMetrics {
     /// Devices by validity (`valid` = true/false) and `Online` status (True/False/Unknown).
     pub devices: IntGaugeVec,
+    /// Devices by the state their edge last reported (`online`, `offline`, `unhealthy`,
+    /// `unknown`), from the index.
+    pub devices_by_state: IntGaugeVec,
     /// Tracked properties (those with a desired value) by sync state.
     pub properties: IntGaugeVec,
     /// Warning events published, by reason (one per change of a Device's problem).
@@ -24,6 +27,13 @@ impl DeviceMetrics {
                     "Devices by validity and Online condition status.",
                 ),
                 &["valid", "online"],
+            )?,
+            devices_by_state: IntGaugeVec::new(
+                Opts::new(
+                    "edgefleet_device_devices_by_state",
+                    "Devices by the state their mapper last reported (ok counts as online).",
+                ),
+                &["state"],
             )?,
             properties: IntGaugeVec::new(
                 Opts::new(
@@ -45,6 +55,7 @@ impl DeviceMetrics {
             )?,
         };
         registry.register(Box::new(m.devices.clone()))?;
+        registry.register(Box::new(m.devices_by_state.clone()))?;
         registry.register(Box::new(m.properties.clone()))?;
         registry.register(Box::new(m.warnings.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
@@ -54,6 +65,7 @@ impl DeviceMetrics {
     pub fn names(&self) -> Vec<String> {
         edgefleet_kit::names_of(&[
             &self.devices,
+            &self.devices_by_state,
             &self.properties,
             &self.warnings,
             &self.redeliveries,

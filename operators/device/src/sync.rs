@@ -200,6 +200,50 @@ pub fn twin_synced(
 /// Whether the device's node holds an edge session: `None` when there is no such Node.
 pub type SessionUp = Option<bool>;
 
+/// What the edge's `status.state` says, in the words of KubeEdge's mapper-framework
+/// (`pkg/common`: ok, online, offline, disconnected, unhealthy, unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceState {
+    /// `online`, or `ok`: what a mapper-framework driver reports for a healthy device
+    /// (`GetDeviceStates` of the mapper template returns `DeviceStatusOK`).
+    Online,
+    /// `offline`, `disconnected`.
+    Offline,
+    /// `unhealthy`: reachable, but the mapper says it is not working.
+    Unhealthy,
+    /// No state reported yet, `unknown`, or a word no mapper-framework version uses.
+    Unknown,
+}
+
+impl DeviceState {
+    pub const ALL: [DeviceState; 4] = [
+        DeviceState::Online,
+        DeviceState::Offline,
+        DeviceState::Unhealthy,
+        DeviceState::Unknown,
+    ];
+
+    pub fn of(device: &Device) -> DeviceState {
+        let state = device.status.as_ref().and_then(|s| s.state.as_deref());
+        match state.map(str::to_ascii_lowercase).as_deref() {
+            Some("online" | "ok") => DeviceState::Online,
+            Some("offline" | "disconnected") => DeviceState::Offline,
+            Some("unhealthy") => DeviceState::Unhealthy,
+            _ => DeviceState::Unknown,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceState::Online => "online",
+            DeviceState::Offline => "offline",
+            DeviceState::Unhealthy => "unhealthy",
+            DeviceState::Unknown => "unknown",
+        }
+    }
+}
+
 /// `(status, reason, message)` of `Online`.
 pub fn online(device: &Device, session: SessionUp) -> (&'static str, &'static str, String) {
     let Some(node) = device.node_name() else {
@@ -236,7 +280,7 @@ pub fn online(device: &Device, session: SessionUp) -> (&'static str, &'static st
             "NotReported",
             format!("node {node} is connected; the mapper reported no state yet"),
         ),
-        Some(state) if state.eq_ignore_ascii_case("online") => (
+        Some(_) if DeviceState::of(device) == DeviceState::Online => (
             "True",
             "Online",
             format!("reported online on node {node}{since}"),
@@ -475,6 +519,25 @@ mod tests {
     }
 
     #[test]
+    fn device_state_words() {
+        let mut d = device("20", None, None);
+        assert_eq!(DeviceState::of(&d), DeviceState::Unknown);
+        for (word, want) in [
+            ("online", DeviceState::Online),
+            ("OK", DeviceState::Online),
+            ("offline", DeviceState::Offline),
+            ("disconnected", DeviceState::Offline),
+            ("unhealthy", DeviceState::Unhealthy),
+            ("unknown", DeviceState::Unknown),
+            ("", DeviceState::Unknown),
+            ("on fire", DeviceState::Unknown),
+        ] {
+            d.status.get_or_insert_with(Default::default).state = Some(word.into());
+            assert_eq!(DeviceState::of(&d), want, "{word}");
+        }
+    }
+
+    #[test]
     fn online_table() {
         let mut d = device("20", None, None);
         assert_eq!(online(&d, None).1, "NodeNotFound");
@@ -496,6 +559,11 @@ mod tests {
             s.state = Some("offline".into());
         }
         assert_eq!(online(&d, Some(true)).1, "DeviceOffline");
+        // mapper-framework's healthy device reports "ok".
+        if let Some(s) = d.status.as_mut() {
+            s.state = Some("ok".into());
+        }
+        assert_eq!(online(&d, Some(true)).1, "Online");
         d.spec.node_name = None;
         assert_eq!(online(&d, Some(true)).1, "NoNode");
     }

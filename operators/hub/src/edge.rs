@@ -8,18 +8,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use edgefleet_channel::device::DeviceRoute;
 use edgefleet_channel::envelope::{EnvelopeError, SOURCE_CLOUD};
 use edgefleet_channel::{Message, Operation, Resource, ResourceType};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{ResourceExt, discovery::ApiResource};
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::hub::{Hub, Session};
-use crate::wire::{FIELD_MANAGER, api_resource};
+use crate::wire::FIELD_MANAGER;
 use crate::{lease, route};
 
 pub use edgefleet_api::objectsync::EDGE_ROLE_LABEL;
@@ -38,10 +37,6 @@ pub enum Incoming {
     Keepalive,
     RegisterNode,
     NodeStatus,
-    Twin {
-        namespace: String,
-        device: String,
-    },
     Query(Resource),
     /// A device twin or state report (`device/<ns>/<name>/...`, module [`crate::device`]).
     Device(DeviceRoute),
@@ -109,10 +104,6 @@ pub fn classify(node: &str, msg: &Message) -> Result<Incoming, Refused> {
         (Operation::Update, ResourceType::NodeStatus) => {
             own("node status").map(|()| Incoming::NodeStatus)
         }
-        (Operation::Update, ResourceType::DeviceTwin) => Ok(Incoming::Twin {
-            namespace: resource.namespace.clone(),
-            device: resource.name.clone(),
-        }),
         (Operation::Query, t) if t.kind().is_some() => Ok(Incoming::Query(resource)),
         (op, t) => Err(Refused::Reply(format!(
             "forbidden: {} of {t} from an edge node",
@@ -150,10 +141,6 @@ pub async fn handle(
             }
             ("nodestatus", r)
         }
-        Incoming::Twin { namespace, device } => (
-            "twin",
-            relay_twin(hub, &session.node, &namespace, &device, &msg.content).await,
-        ),
         Incoming::Query(resource) => {
             let reply = query(hub, &session.node, &resource, msg).await;
             let result = if reply.route.operation == Operation::Error.as_str() {
@@ -295,84 +282,6 @@ async fn node_status(hub: &Hub, node: &str, content: &Value) -> Result<(), Strin
         .map_err(|e| api_err("patch node status", e))
 }
 
-/// Merges reported twin values into a Device's `status.twins` by property name (pure): only
-/// `reported` is written, `observedDesired` and other properties are kept.
-pub fn merge_twins(current: &[Value], reported: &[Value]) -> Result<Vec<Value>, String> {
-    let mut twins: Vec<Value> = current.to_vec();
-    for r in reported {
-        let name = r
-            .get("propertyName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or("a twin needs propertyName")?;
-        let value = r.get("reported").ok_or("a twin needs reported")?;
-        match twins
-            .iter_mut()
-            .find(|t| t.get("propertyName").and_then(Value::as_str) == Some(name))
-        {
-            Some(t) => {
-                if let Some(obj) = t.as_object_mut() {
-                    obj.insert("reported".into(), value.clone());
-                }
-            }
-            None => twins.push(json!({"propertyName": name, "reported": value})),
-        }
-    }
-    Ok(twins)
-}
-
-async fn relay_twin(
-    hub: &Hub,
-    node: &str,
-    namespace: &str,
-    device: &str,
-    content: &Value,
-) -> Result<(), String> {
-    let reported = content
-        .get("twins")
-        .and_then(Value::as_array)
-        .ok_or("content needs twins[]")?;
-    let ar: ApiResource = api_resource(ResourceType::Device).ok_or("no Device resource")?;
-    let api: Api<DynamicObject> = Api::namespaced_with(hub.client.clone(), namespace, &ar);
-    for _ in 0..4 {
-        let Some(dev) = api
-            .get_opt(device)
-            .await
-            .map_err(|e| api_err("get device", e))?
-        else {
-            return Err(format!("forbidden: no device {namespace}/{device}"));
-        };
-        if dev.data.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
-            return Err(format!(
-                "forbidden: device {namespace}/{device} is not bound to node {node}"
-            ));
-        }
-        let current = dev
-            .data
-            .pointer("/status/twins")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let twins = merge_twins(&current, reported)?;
-        let patch = json!({
-            "metadata": {"resourceVersion": dev.resource_version()},
-            "status": {"twins": twins},
-        });
-        match api
-            .patch_status(device, &params(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            Err(e) => return Err(api_err("patch device status", e)),
-        }
-    }
-    Err("device status kept changing; retry".into())
-}
-
 /// Answers a query for one object, only if the node has a sync for it (a node reads only its own
 /// objects). An object the cache does not hold (a Secret) is read from the API.
 async fn query(hub: &Hub, node: &str, resource: &Resource, msg: &Message) -> Message {
@@ -460,13 +369,12 @@ mod tests {
                 "x"
             )))
         );
-        assert_eq!(
+        // The pre-KubeEdge twin path is gone: only `device/<ns>/<name>/...` reports write
+        // device status, ordered and coalesced (a write around them could flip values back).
+        assert!(matches!(
             classify("edge-1", &msg(Operation::Update, "ns/devicetwin/t1")),
-            Ok(Incoming::Twin {
-                namespace: "ns".into(),
-                device: "t1".into()
-            })
-        );
+            Err(Refused::Reply(_))
+        ));
     }
 
     #[test]
@@ -507,27 +415,6 @@ mod tests {
         let mut bad = msg(Operation::Update, "ns/configmap/x");
         bad.route.operation = "explode".into();
         assert!(matches!(classify("e", &bad), Err(Refused::Close(_))));
-    }
-
-    #[test]
-    fn twins_merge_by_property_keeping_the_rest() {
-        let current = vec![
-            json!({"propertyName": "temp", "reported": {"value": "1"}, "observedDesired": {"value": "5"}}),
-            json!({"propertyName": "hum", "reported": {"value": "40"}}),
-        ];
-        let merged = merge_twins(
-            &current,
-            &[
-                json!({"propertyName": "temp", "reported": {"value": "2", "metadata": {"timestamp": "1"}}}),
-                json!({"propertyName": "new", "reported": {"value": "x"}}),
-            ],
-        )
-        .unwrap();
-        assert_eq!(merged[0]["reported"]["value"], "2");
-        assert_eq!(merged[0]["observedDesired"]["value"], "5");
-        assert_eq!(merged[1]["reported"]["value"], "40");
-        assert_eq!(merged[2]["propertyName"], "new");
-        assert!(merge_twins(&[], &[json!({"reported": {}})]).is_err());
     }
 
     #[test]

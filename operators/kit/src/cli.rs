@@ -69,7 +69,7 @@ pub struct CommonArgs {
 
     /// Watch and act in these namespaces only, comma-separated (the chart's namespaced mode,
     /// or one test namespace); default: every namespace. Rollout, objectsync and the hub take a
-    /// list ([`CommonArgs::watch_scopes`]); device and balancer take one namespace.
+    /// list ([`CommonArgs::watch_scopes`]), as does device; the balancer takes one namespace.
     #[arg(long, env = "EDGEFLEET_WATCH_NAMESPACE", value_parser = parse_namespaces)]
     pub watch_namespace: Option<String>,
 
