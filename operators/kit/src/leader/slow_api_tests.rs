@@ -5,7 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header::CONTENT_TYPE},
+    routing::get,
+};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -14,34 +19,39 @@ use super::{LeaderElector, LeaseTiming};
 
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
 
+/// A status and a JSON body.
+type Reply = (StatusCode, [(axum::http::HeaderName, &'static str); 1], String);
+
+fn reply(status: StatusCode, body: &Value) -> Reply {
+    (status, [(CONTENT_TYPE, "application/json")], body.to_string())
+}
+
 #[derive(Clone)]
 struct Fake {
     lease: Arc<Mutex<Option<Value>>>,
     read_delay: Duration,
 }
 
-fn not_found() -> (StatusCode, Json<Value>) {
-    (
+fn not_found() -> Reply {
+    reply(
         StatusCode::NOT_FOUND,
-        Json(
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "reason": "NotFound", "code": 404, "message": "not found"}),
-        ),
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": "not found"}),
     )
 }
 
 /// The Lease as it was when the request arrived, answered `read_delay` later.
-async fn read(State(f): State<Fake>) -> (StatusCode, Json<Value>) {
+async fn read(State(f): State<Fake>) -> Reply {
     let now = f.lease.lock().unwrap().clone();
     sleep(f.read_delay).await;
     match now {
-        Some(l) => (StatusCode::OK, Json(l)),
+        Some(l) => reply(StatusCode::OK, &l),
         None => not_found(),
     }
 }
 
 /// Apply and strategic merge patches alike: `spec` fields merged, `null` removes one.
-async fn write(State(f): State<Fake>, body: String) -> (StatusCode, Json<Value>) {
+async fn write(State(f): State<Fake>, body: String) -> Reply {
     let body: Value = serde_json::from_str(&body).unwrap_or_default();
     let mut guard = f.lease.lock().unwrap();
     let lease = guard.get_or_insert_with(|| {
@@ -62,7 +72,7 @@ async fn write(State(f): State<Fake>, body: String) -> (StatusCode, Json<Value>)
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     lease["metadata"]["resourceVersion"] = json!((version + 1).to_string());
-    (StatusCode::OK, Json(lease.clone()))
+    reply(StatusCode::OK, lease)
 }
 
 /// Serves the fake API; returns a client of it.
