@@ -243,6 +243,10 @@ impl Bed {
             .args(slots.iter().map(|(e, m)| format!("--slot={e}:{m}")))
             // The kubelet's first crash back-off: the dead hub's agents find the others first.
             .arg("--restart-delay-ms=10000")
+            // As the chart's readiness probe (failureThreshold 2): one /readyz slower than its
+            // 1 s timeout on a loaded machine is not a hub out of rotation (HAProxy's fall is 2
+            // too); a flapping Ready would make the balancer drop a hub for a round.
+            .arg("--failure-threshold=2")
             .args(hub_args(watch_namespace))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -266,10 +270,18 @@ impl Bed {
             );
         }
 
+        // The chart's Lease timing (15 s, renewed 5 s ahead), not the harness's 4/2: with
+        // 3,000 agents enrolling and the suite beside it the API server answers a Lease read
+        // in seconds, and a 4 s Lease cannot survive that (the balancer lost its lead
+        // mid-scenario).
         let balancer = Operator::start_with_args(
             "balancer",
             SYSTEM_NAMESPACE,
-            &["--interval-seconds=2".to_string()],
+            &[
+                "--interval-seconds=2".to_string(),
+                "--lease-duration-seconds=15".to_string(),
+                "--lease-grace-seconds=5".to_string(),
+            ],
         )
         .await?;
         let balancer_name = format!("e2e-{tag}");

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use kube::Client;
 use kube_lease_manager::LeaseManager;
 use prometheus::IntGauge;
@@ -11,7 +12,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{LeaseTiming, lease::LeaseConfig};
+use super::{
+    LeaseTiming,
+    lease::{LeaseConfig, Look},
+};
 use crate::{Error, Result, cli::CommonArgs};
 
 /// Elects one leader among an operator's replicas. See the [`leader`](crate::leader) docs for the
@@ -211,30 +215,54 @@ impl LeaderElector {
         }
     }
 
-    /// Publishes `true` once the Lease shows this replica's fresh renewal, then re-checks just
-    /// after each renewal is due. Returns (never `Ok`) when a check fails: time to step down.
+    /// Publishes `true` once the Lease shows this replica's fresh renewal, then confirms each
+    /// renewal after it is due. Returns (never `Ok`) when a check fails: time to step down.
     async fn confirm_renewals(&self, lease: &LeaseConfig) -> Error {
+        let grace = lease.timing.grace();
+        let poll = (grace / 8).max(Duration::from_millis(100));
         // Just acquired, or found our own stale entry after a restart: the manager renews it
         // right away, so give that up to `grace` to show.
-        let poll = (lease.timing.grace() / 4).max(Duration::from_millis(100));
-        let give_up = Instant::now() + lease.timing.grace();
-        let mut expires = loop {
-            match lease.confirm().await {
-                Ok(expires) => break expires,
-                Err(e) if Instant::now() + poll >= give_up => return e,
-                Err(_) => sleep(poll).await,
-            }
-        };
+        let (mut renewed, mut expires) =
+            match wait_renewal(lease, None, Instant::now() + grace, poll).await {
+                Ok(seen) => seen,
+                Err(e) => return e,
+            };
         self.publish(true);
         loop {
-            // The manager renews `grace` before expiry; look at `grace/2`.
-            let check_at = expires.checked_sub(lease.timing.grace() / 2);
-            sleep_until(check_at.unwrap_or(expires)).await;
-            expires = match lease.confirm().await {
-                Ok(expires) => expires,
+            // The manager renews `grace` before expiry. Look from `grace/4` after that, and
+            // keep looking (a loaded API server answers slowly) until `grace/4` before expiry:
+            // a read slower than one poll must not cost the lead, an unconfirmed one must end it.
+            sleep_until(expires.checked_sub(grace * 3 / 4).unwrap_or(expires)).await;
+            let deadline = expires.checked_sub(grace / 4).unwrap_or(expires);
+            (renewed, expires) = match wait_renewal(lease, Some(renewed), deadline, poll).await {
+                Ok(seen) => seen,
                 Err(e) => return e,
             };
         }
+    }
+}
+
+/// Reads the Lease every `poll` until it shows a renewal newer than `after` (any fresh one for
+/// `None`); the last reason it did not, by `deadline`, or at once when another replica holds it.
+async fn wait_renewal(
+    lease: &LeaseConfig,
+    after: Option<Timestamp>,
+    deadline: Instant,
+    poll: Duration,
+) -> Result<(Timestamp, Instant)> {
+    loop {
+        let why = match lease.look(deadline).await {
+            Look::Held { renewed, expires } if after.is_none_or(|a| renewed > a) => {
+                return Ok((renewed, expires));
+            }
+            Look::Held { .. } => lease.unconfirmed("the renewal has not landed".into()),
+            Look::NotYet(e) => e,
+            Look::Lost(e) => return Err(e),
+        };
+        if Instant::now() + poll >= deadline {
+            return Err(why);
+        }
+        sleep(poll).await;
     }
 }
 

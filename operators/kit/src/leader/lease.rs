@@ -19,6 +19,19 @@ use tokio::time::{Instant, timeout};
 use super::LeaseTiming;
 use crate::{Error, Result};
 
+/// What one read of the Lease showed.
+pub(super) enum Look {
+    /// Ours, renewed at `renewed`, valid until `expires` (by this replica's clock).
+    Held {
+        renewed: Timestamp,
+        expires: Instant,
+    },
+    /// Not confirmed yet: the read failed or was slow, or the renewal has not landed.
+    NotYet(Error),
+    /// Another replica holds it.
+    Lost(Error),
+}
+
 /// Where the Lease is and who this replica is.
 #[derive(Clone)]
 pub(super) struct LeaseConfig {
@@ -95,22 +108,29 @@ impl LeaseConfig {
         std::future::pending().await
     }
 
-    /// Reads the Lease: held by us and valid for more than `grace/2`? Returns when it expires.
-    pub(super) async fn confirm(&self) -> Result<Instant> {
+    /// Reads the Lease, the read bounded by `deadline`: held by us and valid for more than
+    /// `grace/2`?
+    pub(super) async fn look(&self, deadline: Instant) -> Look {
         let api = Api::<Lease>::namespaced(self.client.clone(), &self.namespace);
-        let read = timeout(self.timing.grace() / 4, api.get(&self.name)).await;
-        let lease = match read {
+        let bound = deadline.saturating_duration_since(Instant::now());
+        let lease = match timeout(bound, api.get(&self.name)).await {
             Ok(Ok(lease)) => lease,
-            Ok(Err(e)) => return Err(self.unconfirmed(format!("reading the Lease failed: {e}"))),
-            Err(_) => return Err(self.unconfirmed("reading the Lease timed out".into())),
+            Ok(Err(e)) => {
+                return Look::NotYet(self.unconfirmed(format!("reading the Lease failed: {e}")));
+            }
+            Err(_) => {
+                return Look::NotYet(
+                    self.unconfirmed(format!("reading the Lease took over {bound:?}")),
+                );
+            }
         };
         let spec = lease.spec.unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             let holder = spec.holder_identity.unwrap_or_default();
-            return Err(self.unconfirmed(format!("held by {holder:?}")));
+            return Look::Lost(self.unconfirmed(format!("held by {holder:?}")));
         }
         let Some(renewed) = spec.renew_time else {
-            return Err(self.unconfirmed("no renewTime".into()));
+            return Look::NotYet(self.unconfirmed("no renewTime".into()));
         };
         let valid_for = spec
             .lease_duration_seconds
@@ -122,9 +142,12 @@ impl LeaseConfig {
             .and_then(|left| Duration::try_from(left).ok())
             .unwrap_or(Duration::ZERO);
         if left <= self.timing.grace() / 2 {
-            return Err(self.unconfirmed(format!("renewal is overdue ({left:?} left)")));
+            return Look::NotYet(self.unconfirmed(format!("renewal is overdue ({left:?} left)")));
         }
-        Ok(Instant::now() + left)
+        Look::Held {
+            renewed: renewed.0,
+            expires: Instant::now() + left,
+        }
     }
 
     /// Frees the Lease for a successor if it still names us. Checked here because the manager
