@@ -113,6 +113,8 @@ pub struct Operator {
     tag: String,
     /// `--watch-namespace` when it is not just `watch_namespace` ([`Operator::start_as`]).
     watch_list: Option<String>,
+    /// Extra environment of the next starts ([`Operator::set_env`]).
+    env: std::collections::BTreeMap<String, String>,
 }
 
 static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -210,6 +212,7 @@ impl Operator {
             extra_args: extra_args.to_vec(),
             tag,
             watch_list: None,
+            env: std::collections::BTreeMap::new(),
         };
         Ok(op)
     }
@@ -235,6 +238,7 @@ impl Operator {
         self.starts += 1;
         let child = Command::new(binary(&self.name)?)
             .env("KUBECONFIG", &self.kubeconfig)
+            .envs(&self.env)
             .env(
                 "RUST_LOG",
                 "info,edgefleet_rollout=debug,edgefleet_hub=debug,edgefleet_objectsync=debug,edgefleet_device=debug",
@@ -274,6 +278,15 @@ impl Operator {
             args.push("--lease-grace-seconds=2");
         }
         args
+    }
+
+    /// Sets (or with `None` removes) an environment variable of the process from its next
+    /// start on (e.g. a test-only stall point).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            Some(v) => self.env.insert(key.to_string(), v.to_string()),
+            None => self.env.remove(key),
+        };
     }
 
     /// SIGKILL: the process dies mid-whatever, as in a node crash or OOM kill.

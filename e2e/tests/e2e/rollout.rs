@@ -316,13 +316,22 @@ async fn daemonset_rolls_out_station_by_station_pulling_before_every_swap() {
             .unwrap_or_default()
             .contains_key(keys::WORKLOAD_LOCK_ANNOTATION)
     );
-    let left = bed
-        .ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels(keys::PREPULL_LABEL))
-        .await
-        .unwrap();
-    assert!(left.items.is_empty(), "pre-pull pods left behind");
+    // The job records its final figures before it gives everything back: its pre-pull pods
+    // go with the release (deleted, then gone once the kubelet let them go).
+    wait_for(
+        "the job's pre-pull pods gone after the release",
+        Duration::from_secs(60),
+        || async {
+            let left = bed
+                .ns
+                .api::<Pod>()
+                .list(&ListParams::default().labels(keys::PREPULL_LABEL))
+                .await?;
+            Ok(left.items.is_empty().then_some(()))
+        },
+    )
+    .await
+    .expect("pre-pull pods left behind");
 }
 
 #[tokio::test]

@@ -236,3 +236,100 @@ async fn an_operator_killed_mid_batch_resumes_without_a_double_or_missed_swap() 
         "a node was swapped twice: {per_node:?}"
     );
 }
+
+/// The rollout operator's test-only stall point (see `edgefleet_rollout::stall`).
+const STALL_ENV: &str = "EDGEFLEET_ROLLOUT_TEST_STALL";
+
+/// The leader killed while it gives the workloads of an ended job back (stalled there by the
+/// test-only `EDGEFLEET_ROLLOUT_TEST_STALL=released:40`, after the DaemonSet is unlocked): the
+/// new leader only finishes the release. The figures a person watches stay exactly as they
+/// were (they were once recomputed from the released workloads, their marks gone), and
+/// `WorkloadsReleased` turns True.
+#[tokio::test]
+async fn a_leader_killed_while_releasing_an_ended_job_leaves_its_final_figures() {
+    let mut bed = bed("released").await;
+    bed.operator.set_env(STALL_ENV, Some("released:40"));
+    bed.operator.restart().unwrap();
+    daemonset(&bed, "toll", (STATION, "station-2")).await;
+    create_job(
+        &bed,
+        "to-v2",
+        "toll",
+        NEW,
+        serde_json::json!({"batches": {"size": 5}}),
+    )
+    .await;
+    let api: Api<RolloutJob> = bed.ns.api();
+    let ds_api: Api<k8s_openapi::api::apps::v1::DaemonSet> = bed.ns.api();
+    let lease = bed.operator.lease_name();
+    // Released (the lock gone from the DaemonSet) but not recorded as released: stalled.
+    let before = wait_for(
+        "the DaemonSet given back, the release not recorded yet",
+        Duration::from_secs(180),
+        || async {
+            let ds = ds_api.get("toll").await?;
+            let locked = ds
+                .annotations()
+                .contains_key(keys::WORKLOAD_LOCK_ANNOTATION);
+            let job = api.get("to-v2").await?;
+            let recorded = job.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "WorkloadsReleased" && c.status == "True")
+            });
+            anyhow::ensure!(
+                !recorded,
+                "the release was recorded: the stall did not hold"
+            );
+            let swapped = pods_by_node(&bed, "toll")
+                .await
+                .values()
+                .all(|p| image_of(p) == NEW);
+            Ok((!locked && swapped && job.status.is_some()).then_some(job))
+        },
+    )
+    .await
+    .unwrap();
+    let holder = lease_holder(&bed.client, &lease).await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some(bed.operator.identity().as_str()),
+        "the stalled process holds the Lease"
+    );
+    bed.operator.set_env(STALL_ENV, None);
+    bed.operator.restart().unwrap();
+
+    let after = wait_for(
+        "the new leader to record the release",
+        Duration::from_secs(90),
+        || async {
+            let job = api.get("to-v2").await?;
+            let released = job.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "WorkloadsReleased" && c.status == "True")
+            });
+            Ok(released.then_some(job))
+        },
+    )
+    .await
+    .unwrap();
+    let (b, a) = (before.status.unwrap(), after.status.unwrap());
+    assert_eq!(b.phase, RolloutPhase::Completed, "final before the release");
+    assert_eq!(a.phase, RolloutPhase::Completed);
+    assert_eq!(a.counts, b.counts, "the job's figures moved");
+    assert_eq!(a.counts.updated, 10);
+    let figures = |s: &edgefleet_api::rollout::RolloutJobStatus| -> Vec<_> {
+        s.batches
+            .iter()
+            .map(|x| (x.index, x.counts.clone()))
+            .collect()
+    };
+    assert_eq!(figures(&a), figures(&b), "a batch's figures moved");
+    let ds = ds_api.get("toll").await.unwrap();
+    assert!(
+        !ds.annotations()
+            .contains_key(keys::WORKLOAD_LOCK_ANNOTATION),
+        "given back"
+    );
+}

@@ -196,24 +196,31 @@ impl Actor<'_> {
                 interruption,
             } => {
                 if !batch.is_empty() {
+                    // The interruption is observed once the pod is read unmarked, before the
+                    // mark is written: a mark that conflicts (the kubelet's status) or lands
+                    // without its answer (a reconcile cut short) must not lose the swap. The
+                    // mark on the cluster still says "recorded" to every later reconcile, and
+                    // the process-local set keeps a repeat before the mark lands from counting
+                    // twice.
+                    let swap = format!("{}/{prepull}", self.job.namespace().unwrap_or_default());
+                    let observe = || {
+                        if let Some(d) = interruption {
+                            self.metrics.observe_interruption_once(&swap, d);
+                        }
+                    };
                     let marked = self
                         .mark_once(
                             &pod,
                             keys::TARGET_BATCH_ANNOTATION,
                             &batch_annotation(&uid, &batch, now),
+                            observe,
                         )
                         .await?;
-                    match (marked, interruption) {
-                        // Observed by the call that marked the pod only: the mark on the
-                        // cluster says "interruption recorded", across re-reconciles, a stale
-                        // cache, two replicas and restarts.
-                        (Mark::Set, Some(d)) => {
-                            self.metrics.interruption.observe(d.as_secs_f64().max(0.0));
-                        }
+                    match marked {
                         // Written in between (the kubelet's status): the pre-pull pod stays, so
                         // the next reconcile finishes the target again.
-                        (Mark::Conflict, _) => return Ok(()),
-                        _ => {}
+                        Mark::Conflict => return Ok(()),
+                        Mark::Set | Mark::Already => self.metrics.interruption_recorded(&swap),
                     }
                 }
                 ignore_gone(
@@ -265,13 +272,20 @@ impl Actor<'_> {
 
     /// Sets `key` on a pod that does not carry it yet, guarded by the version read (a 409
     /// when someone wrote in between).
-    async fn mark_once(&self, pod: &str, key: &str, value: &str) -> Result<Mark> {
+    async fn mark_once(
+        &self,
+        pod: &str,
+        key: &str,
+        value: &str,
+        unmarked: impl FnOnce(),
+    ) -> Result<Mark> {
         let Some(current) = self.pods.get_opt(pod).await? else {
             return Ok(Mark::Already);
         };
         if ours_for(&current, key, self.job) {
             return Ok(Mark::Already);
         }
+        unmarked();
         let patch = json!({"metadata": {
             "resourceVersion": current.resource_version(),
             "annotations": {key: value},

@@ -1,14 +1,17 @@
-//! The RolloutJob controller: caches, the finalizer, and releasing workloads; one reconcile
-//! step by step is [`crate::reconcile`].
+//! The RolloutJob controller: caches, what wakes a job, the finalizer, and releasing
+//! workloads; one reconcile step by step is [`crate::reconcile`].
 //!
-//! Pods and nodes are read from reflector caches (stripped to the fields the plan reads, so
-//! memory stays flat at 100,000 pods); workloads are listed per reconcile (few objects). Active
-//! jobs are requeued every couple of seconds: progress is driven by the clock (timeouts,
-//! minReadySeconds) as much as by events.
+//! Pods are read from an indexed cache ([`PodIndex`]: by workload, by job, by node) and nodes
+//! from a reflector, both stripped to the fields the plan reads, so memory stays flat at 100,000
+//! pods and a reconcile reads only its own pods; workloads are listed per reconcile (few
+//! objects). Reconciles are driven by watches: a pod or node event wakes the jobs it concerns
+//! ([`crate::wake`]), at most once a second per job; the clock wakes a job only at the next
+//! deadline its plan knows (timeouts, minReadySeconds, offline waits, step pauses), at least
+//! every [`crate::reconcile::CLOCK_CEILING`].
 
 use edgefleet_api::rollout::{RolloutJob, RolloutPhase, WorkloadKind, keys};
 use edgefleet_kit::ReconcileMetrics;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -16,15 +19,17 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::index::{Change, PodIndex, WorkloadKey};
 use crate::metrics::RolloutMetrics;
 use crate::report::forget;
+use crate::wake::{Interest, node_moved, throttled};
 use crate::workload;
 
 /// Field manager and event reporter of this operator.
@@ -35,11 +40,15 @@ pub const FINALIZER: &str = "edgefleet.io/rollout-cleanup";
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub pods: Store<Pod>,
+    pub pods: PodIndex,
     pub nodes: Store<Node>,
+    /// Which jobs hold or wait for which workloads: maps cache events to jobs.
+    pub interest: Interest,
     pub recorder: Recorder,
     pub metrics: ReconcileMetrics,
     pub rollout: RolloutMetrics,
+    /// Test-only stall points ([`crate::stall`]).
+    pub stall: crate::stall::Stall,
 }
 
 /// Runs the controller (and the pod and node caches it reads) until `shutdown` trips.
@@ -51,7 +60,6 @@ pub async fn run(
     recorder: Recorder,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let (pods, pod_writer) = reflector::store();
     let pods_api: Api<Pod> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -60,24 +68,49 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let (interest, wakes) = Interest::new();
+    let pods = PodIndex::default();
     let scope = namespace.clone();
+    let (pod_index, pod_interest) = (pods.clone(), interest.clone());
     let pod_cache = watcher(pods_api, watcher::Config::default())
         .default_backoff()
         .modify(strip_pod)
-        .reflect(pod_writer)
         .for_each(move |ev| {
-            // Retried with back-off; said, since a namespace outside the RBAC (a
-            // `--watch-namespace` the chart's `watchNamespaces` does not cover) fails here for
-            // good and its RolloutJobs are never reconciled.
-            if let Err(error) = ev {
-                tracing::warn!(namespace = ?scope, %error, "pod watch failed; retrying");
+            match ev {
+                Ok(ev) => match pod_index.apply(ev) {
+                    Change::Pod(old, new) => {
+                        pod_interest.pod_changed(old.as_deref(), new.as_deref());
+                    }
+                    Change::Relisted => pod_interest.everyone(),
+                    Change::None => {}
+                },
+                // Retried with back-off; said, since a namespace outside the RBAC (a
+                // `--watch-namespace` the chart's `watchNamespaces` does not cover) fails
+                // here for good and its RolloutJobs are never reconciled.
+                Err(error) => {
+                    tracing::warn!(namespace = ?scope, %error, "pod watch failed; retrying");
+                }
             }
             futures::future::ready(())
         });
     let (nodes, node_writer) = reflector::store();
+    let (node_store, node_pods, node_interest) = (nodes.clone(), pods.clone(), interest.clone());
     let node_cache = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(strip_node)
+        // Before the store takes the event: compare with what it held. Heartbeats (most node
+        // updates) change neither readiness nor labels and wake nobody.
+        .inspect_ok(move |ev| match ev {
+            watcher::Event::Apply(n) => {
+                let old = node_store.get(&ObjectRef::from_obj(n));
+                if node_moved(old.as_deref(), n) {
+                    node_interest.node_changed(&node_pods, &n.name_any());
+                }
+            }
+            watcher::Event::Delete(n) => node_interest.node_changed(&node_pods, &n.name_any()),
+            watcher::Event::InitDone => node_interest.everyone(),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        })
         .reflect(node_writer)
         .for_each(|_| futures::future::ready(()));
 
@@ -85,17 +118,21 @@ pub async fn run(
         client: client.clone(),
         pods: pods.clone(),
         nodes: nodes.clone(),
+        interest,
         recorder,
         metrics,
         rollout,
+        stall: crate::stall::Stall::from_env(),
     });
     let controller = async {
         // Plans made from half-filled caches would see targets as missing.
-        if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
+        pods.wait_until_ready().await;
+        if nodes.wait_until_ready().await.is_err() {
             return;
         }
-        tracing::info!("caches synced; reconciling RolloutJobs");
+        tracing::info!(pods = pods.len(), "caches synced; reconciling RolloutJobs");
         Controller::new(jobs_api, watcher::Config::default())
+            .reconcile_on(throttled(wakes))
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(reconcile, error_policy, ctx)
             .for_each(|_| futures::future::ready(()))
@@ -299,7 +336,8 @@ pub(crate) async fn patch_workload(
 }
 
 /// Gives every workload this job holds back — restored when `finished`, frozen as it is when
-/// aborted — and deletes the job's pre-pull pods.
+/// aborted — and deletes the job's pre-pull pods; wakes the jobs waiting for those workloads.
+/// Idempotent: a workload no longer locked by the job is left alone.
 pub(crate) async fn release(
     ctx: &Context,
     ns: &str,
@@ -307,16 +345,18 @@ pub(crate) async fn release(
     uid: &str,
     finished: bool,
 ) -> Result<()> {
-    let pods: Vec<Arc<Pod>> = namespace_pods(ctx, ns);
+    let mut released = Vec::new();
     for w in list_workloads(ctx, ns, kind, &ListParams::default()).await? {
         let patch = if finished {
             // Pods left on the old image keep the workload held, whatever way the job ended.
+            let pods = workload_pods(ctx, ns, &w);
             workload::release_patch(&w, uid, workload::pods_behind(&w, &pods).len())
         } else {
             workload::freeze_patch(&w, uid)
         };
         if let Some(patch) = patch {
             patch_workload(ctx, ns, &w, &patch).await?;
+            released.push(workload_key(ns, &w));
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -326,29 +366,34 @@ pub(crate) async fn release(
             &ListParams::default().labels(&format!("{}={uid}", keys::JOB_UID_LABEL)),
         )
         .await?;
+    ctx.interest.released(&released);
     Ok(())
+}
+
+/// Does a job ending in `phase` restore its workloads (else it leaves them as they are)?
+pub(crate) fn restores(phase: RolloutPhase) -> bool {
+    matches!(phase, RolloutPhase::Completed | RolloutPhase::RolledBack)
 }
 
 async fn cleanup(job: &RolloutJob, ctx: &Context) -> Result<Requeue> {
     let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
     let uid = job.uid().ok_or(Error::MissingField("uid"))?;
     // Deleted mid-rollout: leave the workload as it is (like an abort).
-    let finished = job
-        .status
-        .as_ref()
-        .is_some_and(|s| matches!(s.phase, RolloutPhase::Completed | RolloutPhase::RolledBack));
+    let finished = job.status.as_ref().is_some_and(|s| restores(s.phase));
     release(ctx, &ns, job.spec.target.kind, &uid, finished).await?;
+    ctx.interest.forget(&ObjectRef::from_obj(job));
     forget(ctx, &ns, &job.name_any());
     Ok(Requeue::await_change())
 }
 
-/// The cached pods of one namespace.
-pub(crate) fn namespace_pods(ctx: &Context, ns: &str) -> Vec<Arc<Pod>> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns))
-        .collect()
+/// How pods and the wake index name a workload.
+pub(crate) fn workload_key(ns: &str, w: &workload::Object) -> WorkloadKey {
+    WorkloadKey::new(ns, &format!("{:?}", w.kind()), &w.name())
+}
+
+/// The cached pods a workload controls (from the index: no scan of the cluster's pods).
+pub(crate) fn workload_pods(ctx: &Context, ns: &str, w: &workload::Object) -> Vec<Arc<Pod>> {
+    ctx.pods.of_workload(&workload_key(ns, w))
 }
 
 fn manager() -> PatchParams {

@@ -3,6 +3,7 @@
 //!
 //! | step | module |
 //! |---|---|
+//! | what wakes a job: cache events → jobs, at most once a second | [`wake`], [`index`] (pods by workload, job, node) |
 //! | read the cluster into targets | [`snapshot`] |
 //! | decide (pure) | [`plan`], [`prepull`] (pod shape, pull outcome), [`workload`] (patches) |
 //! | act | [`act`] |
@@ -14,13 +15,16 @@ pub mod act;
 pub mod behind;
 pub mod controller;
 pub mod error;
+pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod prepull;
 pub mod reconcile;
 pub mod report;
 pub mod snapshot;
+pub mod stall;
 pub mod status;
+pub mod wake;
 pub mod workload;
 
 /// The prefix of every metric this binary exports.

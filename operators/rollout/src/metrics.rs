@@ -1,7 +1,10 @@
 //! What users watch about rollouts, beside the kit's reconcile metrics.
 
+use jiff::SignedDuration;
 use prometheus::core::Collector;
 use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 /// Seconds buckets from sub-second swaps to half-hour pulls over slow links.
 const SECONDS: &[f64] = &[
@@ -18,6 +21,10 @@ const INTERRUPTION_SECONDS: &[f64] = &[
 
 #[derive(Clone, Debug)]
 pub struct RolloutMetrics {
+    /// Swaps whose interruption this process observed but whose mark on the new pod is not
+    /// known written yet (a conflict, a reconcile cut short): never observed twice. Holds only
+    /// swaps in flight, by `namespace/pre-pull pod`.
+    interruptions_pending: Arc<Mutex<HashSet<String>>>,
     /// `edgefleet_rollout_targets{namespace, job, state}`.
     pub targets: IntGaugeVec,
     /// Batch start → all members done.
@@ -43,6 +50,7 @@ const JOB_LABELS: &[&str] = &["namespace", "job"];
 impl RolloutMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
+            interruptions_pending: Arc::default(),
             targets: IntGaugeVec::new(
                 Opts::new(
                     "edgefleet_rollout_targets",
@@ -113,6 +121,27 @@ impl RolloutMetrics {
     }
 
     /// The names of the metrics above (without histogram suffixes).
+    /// Observes one swap's interruption, unless this process already did and its mark is not
+    /// known written yet.
+    pub fn observe_interruption_once(&self, swap: &str, interruption: SignedDuration) {
+        let mut pending = self
+            .interruptions_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if pending.insert(swap.to_string()) {
+            self.interruption
+                .observe(interruption.as_secs_f64().max(0.0));
+        }
+    }
+
+    /// The swap's mark is on the cluster: it says "recorded" from now on.
+    pub fn interruption_recorded(&self, swap: &str) {
+        self.interruptions_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(swap);
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.collectors()
             .iter()
@@ -139,4 +168,24 @@ pub fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A swap is observed once whatever happens to its mark: repeats before the mark is known
+    /// written (a conflict, a reconcile cut short) do not count again.
+    #[test]
+    fn a_swap_is_observed_once_until_its_mark_is_written() {
+        let m = RolloutMetrics::register(&Registry::new()).unwrap();
+        let d = SignedDuration::from_secs(3);
+        m.observe_interruption_once("ns/pp-a", d);
+        m.observe_interruption_once("ns/pp-a", d);
+        m.observe_interruption_once("ns/pp-b", d);
+        assert_eq!(m.interruption.get_sample_count(), 2);
+        m.interruption_recorded("ns/pp-a");
+        m.interruption_recorded("ns/pp-b");
+        assert!(m.interruptions_pending.lock().unwrap().is_empty());
+    }
 }

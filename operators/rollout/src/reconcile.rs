@@ -1,5 +1,11 @@
 //! One reconcile of an active RolloutJob (`apply`): read the workloads, put them in shape,
-//! read the targets, plan (pure), record the status, act, report.
+//! read the targets, plan (pure), record the status, act, report, and say when the clock must
+//! wake the job next (pod and node changes wake it through [`crate::wake`]).
+//!
+//! An ending job records its final figures first and gives its workloads back after, then
+//! says so with the `WorkloadsReleased` condition: a leader killed in between finds the
+//! figures final and only finishes the release, which never touches them (figures recomputed
+//! from released workloads, their marks gone, once moved backwards).
 
 use edgefleet_api::rollout::{RolloutJob, RolloutJobSpec, RolloutJobStatus, RolloutPhase};
 use edgefleet_kit::{ConditionStatus, set_condition};
@@ -9,6 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +23,11 @@ use std::time::Duration;
 use crate::act::Actor;
 use crate::behind::{self, Behind};
 use crate::controller::{
-    Context, OPERATOR, get_workload, list_workloads, namespace_pods, patch_workload, release,
-    selector_string,
+    Context, OPERATOR, get_workload, list_workloads, patch_workload, release, selector_string,
+    workload_key, workload_pods,
 };
 use crate::error::{Error, Result};
+use crate::index::WorkloadKey;
 use crate::plan::{self, Direction, Snapshot, Target};
 use crate::report::{events, export_metrics, export_phase, publish};
 use crate::snapshot;
@@ -43,7 +51,16 @@ struct Blocked {
     reason: &'static str,
     message: String,
     requeue: Duration,
+    /// The workload held by another job this one waits for (its release wakes this job).
+    waiting_for: Option<WorkloadKey>,
 }
+
+/// The longest the clock leaves an active job alone: a safety net under the watches (a lost
+/// event, a deadline not foreseen), not what drives progress.
+pub const CLOCK_CEILING: Duration = Duration::from_secs(10);
+
+/// The condition an ended job sets once every workload it held is given back.
+pub const WORKLOADS_RELEASED: &str = "WorkloadsReleased";
 
 /// What one reconcile is about: the fresh job, its last status, which way it goes.
 struct Run<'a> {
@@ -65,16 +82,19 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
     // recent failures). The watch cache can lag behind that write under load, and a plan made
     // from a stale status would start a batch twice; a quorum read costs one GET.
     let ns = cached.namespace().ok_or(Error::MissingField("namespace"))?;
+    let job_ref = ObjectRef::from_obj(cached);
     let Some(fresh) = Api::<RolloutJob>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&cached.name_any())
         .await?
     else {
+        ctx.interest.forget(&job_ref);
         return Ok(Requeue::await_change());
     };
     let job = &fresh;
     let old = job.status.clone().unwrap_or_default();
     if is_terminal(old.phase) {
-        return Ok(Requeue::await_change());
+        ctx.interest.forget(&job_ref);
+        return finish_release(ctx, job, &old).await;
     }
     let rolling_back = job.spec.rollback || old.phase == RolloutPhase::RollingBack;
     let run = Run {
@@ -93,13 +113,34 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
 
     let mut workloads = match resolve_workloads(job, ctx, &run.ns, &run.uid, rolling_back).await? {
         Ok(w) => w,
-        Err(b) => return blocked(ctx, &run, b).await,
+        Err(b) => {
+            match &b.waiting_for {
+                Some(w) => ctx.interest.waits_for(&job_ref, &run.uid, vec![w.clone()]),
+                None => ctx.interest.forget(&job_ref),
+            }
+            return blocked(ctx, &run, b).await;
+        }
     };
+    ctx.interest.holds(
+        &job_ref,
+        &run.uid,
+        workloads
+            .iter()
+            .map(|w| workload_key(&run.ns, &w.obj))
+            .collect(),
+    );
     let hand_edit = prepare(ctx, &run, &mut workloads).await?;
     let (targets, other_direction, pods) = read_targets(ctx, &run, &workloads);
     let step_pause = step_pause_active(job, &run.old, run.now);
     let snap = snapshot_of(&run, targets, hand_edit.is_some() || step_pause.is_some());
     let plan = plan::plan(&snap);
+    let deadline = [
+        plan::next_deadline(&snap),
+        status_deadline(job, &run.old, run.now),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     tracing::debug!(
         batch = plan.current_batch,
         targets = plan.counts.targets,
@@ -129,24 +170,107 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
             nodes: workload::pods_behind(&w.obj, &pods),
         })
         .collect();
-    let status = status_of(
+    let mut status = status_of(
         &run,
         &plan,
         &decision,
         &behind,
         &direction_image(&workloads, &job.spec),
     );
+    if is_terminal(status.phase) {
+        set_condition(
+            &mut status.conditions,
+            WORKLOADS_RELEASED,
+            ConditionStatus::False,
+            "Releasing",
+            "final figures recorded; giving the workloads back",
+            job.metadata.generation,
+            run.now,
+        );
+    }
     act(ctx, &run, &workloads, &plan, &status, &other_direction).await?;
     report(ctx, &run, &snap, &plan, &decision, &status).await;
 
-    let phase = decision.phase;
-    Ok(if is_terminal(phase) {
+    Ok(if is_terminal(decision.phase) {
+        ctx.interest.forget(&job_ref);
         Requeue::await_change()
-    } else if phase == RolloutPhase::Paused {
-        Requeue::requeue(Duration::from_secs(5))
     } else {
-        Requeue::requeue(Duration::from_secs(2))
+        Requeue::requeue(clock_wait(deadline, run.now))
     })
+}
+
+/// How long until the clock must wake the job: just past the next deadline, between a second
+/// (deadlines are recorded to the second) and [`CLOCK_CEILING`].
+pub fn clock_wait(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    deadline
+        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+        .map_or(CLOCK_CEILING, |d| {
+            (d + Duration::from_millis(100)).clamp(Duration::from_secs(1), CLOCK_CEILING)
+        })
+}
+
+/// Deadlines the status knows (not the plan): a step pause ending, the catch-up window closing.
+fn status_deadline(job: &RolloutJob, old: &RolloutJobStatus, now: Timestamp) -> Option<Timestamp> {
+    let batch = old.batches.iter().find(|b| b.index == old.current_batch)?;
+    let finished = batch.finish_time.as_ref()?.0;
+    let pause = job
+        .spec
+        .batches
+        .steps
+        .as_ref()
+        .and_then(|steps| {
+            steps
+                .get(usize::try_from(batch.index - 1).ok()?)?
+                .pause
+                .as_ref()
+        })
+        .and_then(|p| p.seconds)
+        .map(|s| finished + SignedDuration::from_secs(s));
+    let window = finished + SignedDuration::from_secs(job.spec.catch_up.window_seconds);
+    [pause, Some(window)]
+        .into_iter()
+        .flatten()
+        .filter(|at| *at > now)
+        .min()
+}
+
+/// An ended job whose final figures are recorded: give every workload back (idempotent; a
+/// workload no longer locked by the job is left alone), then say so. Never touches the figures.
+async fn finish_release(
+    ctx: &Context,
+    job: &RolloutJob,
+    old: &RolloutJobStatus,
+) -> Result<Requeue> {
+    let released = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == WORKLOADS_RELEASED && c.status == "True");
+    if released {
+        return Ok(Requeue::await_change());
+    }
+    let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
+    let uid = job.uid().ok_or(Error::MissingField("uid"))?;
+    release(
+        ctx,
+        &ns,
+        job.spec.target.kind,
+        &uid,
+        old.phase != RolloutPhase::Aborted,
+    )
+    .await?;
+    ctx.stall.at("released").await;
+    let mut status = old.clone();
+    set_condition(
+        &mut status.conditions,
+        WORKLOADS_RELEASED,
+        ConditionStatus::True,
+        "Released",
+        "every workload the job held is given back (those with pods behind stay held for a catch-up)",
+        job.metadata.generation,
+        Timestamp::now(),
+    );
+    write_status(ctx, job, old, &status).await?;
+    Ok(Requeue::await_change())
 }
 
 /// Resolve found a reason not to act: say so (a condition, a warning event once).
@@ -175,12 +299,11 @@ async fn blocked(ctx: &Context, run: &Run<'_>, b: Blocked) -> Result<Requeue> {
             }
             Err(_) => Vec::new(),
         };
-        let pods = namespace_pods(ctx, ns);
         let behind: Vec<Behind> = workloads
             .iter()
             .map(|w| Behind {
                 workload: w.label(),
-                nodes: workload::pods_behind(w, &pods),
+                nodes: workload::pods_behind(w, &workload_pods(ctx, ns, w)),
             })
             .collect();
         behind::report(
@@ -233,13 +356,17 @@ fn read_targets(
     workloads: &[Workload],
 ) -> (Vec<Target>, Vec<String>, Vec<Arc<Pod>>) {
     let (job, direction) = (run.job, &run.direction);
-    let all_pods = namespace_pods(ctx, &run.ns);
-    let nodes: HashMap<String, Arc<Node>> = ctx
-        .nodes
-        .state()
+    // Only the job's own pods, from the index: its workloads' pods and its pre-pull pods.
+    let mut all_pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .of_job(&run.uid)
         .into_iter()
-        .map(|n| (n.name_any(), n))
+        .filter(|p| p.namespace().as_deref() == Some(run.ns.as_str()))
         .collect();
+    for w in workloads {
+        all_pods.extend(workload_pods(ctx, &run.ns, &w.obj));
+    }
+    let nodes = nodes_of(ctx, &all_pods);
     let (prepulls, other_direction) = snapshot::prepull_pods(&all_pods, job, direction);
     let mut targets: Vec<Target> = Vec::new();
     for w in workloads {
@@ -283,6 +410,27 @@ fn read_targets(
 
     let stale = other_direction.iter().map(|p| p.name_any()).collect();
     (targets, stale, all_pods)
+}
+
+/// The cached nodes these pods are bound (or pinned) to, or pre-pulling for.
+fn nodes_of(ctx: &Context, pods: &[Arc<Pod>]) -> HashMap<String, Arc<Node>> {
+    let mut nodes = HashMap::new();
+    for pod in pods {
+        let names = [
+            pod.spec.as_ref().and_then(snapshot::intended_node),
+            pod.annotations()
+                .get(edgefleet_api::rollout::keys::NODE_ANNOTATION)
+                .cloned(),
+        ];
+        for name in names.into_iter().flatten() {
+            if !nodes.contains_key(&name)
+                && let Some(node) = ctx.nodes.get(&ObjectRef::new(&name))
+            {
+                nodes.insert(name, node);
+            }
+        }
+    }
+    nodes
 }
 
 /// Plan input: the targets, and what the status and spec say of the batch in progress.
@@ -349,8 +497,8 @@ fn status_of(
 /// Act: the status and the plan's actions, in the order restarts need. Normally the status
 /// goes first: a batch is recorded as started (with its planned size) before any target is
 /// chosen for it, so a crash in between is finished by the next plan instead of starting the
-/// batch a second time. An ending job acts first and records last: releasing the workloads is
-/// idempotent, and a terminal status is never looked at again.
+/// batch a second time. An ending job runs its last actions (marks, idempotent), records its
+/// final figures, and only then gives its workloads back ([`finish_release`]).
 async fn act(
     ctx: &Context,
     run: &Run<'_>,
@@ -377,16 +525,11 @@ async fn act(
         field_manager: OPERATOR,
     };
     if is_terminal(status.phase) {
+        // The last marks, then the final figures, then the release: figures are never
+        // recomputed from workloads already given back.
         actor.run(plan.actions.clone()).await?;
-        release(
-            ctx,
-            ns,
-            spec.target.kind,
-            &run.uid,
-            status.phase != RolloutPhase::Aborted,
-        )
-        .await?;
         write_status(ctx, job, &run.old, status).await?;
+        finish_release(ctx, job, status).await?;
     } else {
         write_status(ctx, job, &run.old, status).await?;
         for stale in other_direction {
@@ -448,6 +591,7 @@ async fn resolve_workloads(
                 reason: "InvalidSelector",
                 message: format!("spec.target.selector: {e}"),
                 requeue: Duration::from_secs(300),
+                waiting_for: None,
             }));
         }
     };
@@ -457,7 +601,9 @@ async fn resolve_workloads(
             phase: RolloutPhase::Pending,
             reason: "NoTargets",
             message: format!("no {kind:?} in namespace {ns} matches selector {selector:?}"),
-            requeue: Duration::from_secs(30),
+            // Workloads are not watched: the clock looks for them again.
+            requeue: CLOCK_CEILING,
+            waiting_for: None,
         }));
     }
     let jobs: Api<RolloutJob> = Api::namespaced(ctx.client.clone(), ns);
@@ -473,7 +619,8 @@ async fn resolve_workloads(
                         phase: RolloutPhase::Pending,
                         reason: "InvalidTarget",
                         message: format!("{kind:?} {name} {e}"),
-                        requeue: Duration::from_secs(60),
+                        requeue: CLOCK_CEILING,
+                        waiting_for: None,
                     }));
                 }
             };
@@ -489,7 +636,10 @@ async fn resolve_workloads(
                 message: format!(
                     "{kind:?} {name} is being rolled out by RolloutJob {holder}; this job starts when it ends"
                 ),
-                requeue: Duration::from_secs(10),
+                // Woken when the holder gives it back; the clock in case that happened
+                // under another leader, or the holder was deleted without a release seen here.
+                requeue: CLOCK_CEILING,
+                waiting_for: Some(workload_key(ns, &obj)),
             }));
         }
         let image = if rolling_back {
@@ -503,6 +653,7 @@ async fn resolve_workloads(
                             "{kind:?} {name} has no recorded previous image to roll back to"
                         ),
                         requeue: Duration::from_secs(300),
+                        waiting_for: None,
                     }));
                 }
             }

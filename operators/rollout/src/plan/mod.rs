@@ -35,6 +35,7 @@ mod state;
 
 pub use batches::*;
 pub use model::*;
+pub use rules::next_deadline;
 pub use state::*;
 
 use edgefleet_api::rollout::TargetCounts;

@@ -6,7 +6,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::prepull::PullState;
 
-use super::model::PrePullView;
+use super::model::{PrePullView, Slot, Snapshot};
 
 /// `verify.minReadySeconds`: Ready since `ready_since`, and for that long by `now`.
 pub(super) fn verified(
@@ -46,6 +46,47 @@ pub(super) fn offline_wait_expired(
     chosen_at
         .is_some_and(|at| at + limit <= now)
         .then_some(limit)
+}
+
+/// The earliest moment after `snap.now` at which one of these rules may turn for some target:
+/// a pull timing out, a swap's ready timeout, `minReadySeconds` passing, an offline wait
+/// ending. Nothing else in a plan moves with the clock alone (pod and node changes arrive as
+/// watch events), so the job needs no wake before then. A candidate of a target already past
+/// it only costs one early reconcile.
+pub fn next_deadline(snap: &Snapshot<'_>) -> Option<Timestamp> {
+    let spec = snap.spec;
+    let pull = SignedDuration::from_secs(spec.pre_pull.timeout_seconds);
+    let ready = SignedDuration::from_secs(spec.verify.ready_timeout_seconds);
+    let min_ready = SignedDuration::from_secs(spec.verify.min_ready_seconds);
+    let offline = SignedDuration::from_secs(spec.offline_nodes.wait_seconds.unwrap_or(3600));
+    let pull_ends = |pp: &PrePullView| -> Vec<Timestamp> {
+        let mut at = vec![];
+        if pp.state == PullState::Pulling {
+            at.push(pp.created + pull);
+        }
+        at.extend(pp.swapped_at.map(|s| s + ready));
+        at
+    };
+    let mut candidates: Vec<Timestamp> = Vec::new();
+    for t in &snap.targets {
+        if let Some(pod) = &t.current {
+            candidates.extend(pod.ready_since.map(|s| s + min_ready));
+            candidates.extend(pod.chosen_at.map(|c| c + offline));
+            if pod.image == t.image {
+                candidates.push(pod.created + ready);
+            }
+        }
+        candidates.extend(t.prepull.iter().flat_map(pull_ends));
+        if let Slot::Workload { pulls, .. } = &t.slot {
+            candidates.extend(
+                pulls
+                    .iter()
+                    .filter_map(|p| p.prepull.as_ref())
+                    .flat_map(pull_ends),
+            );
+        }
+    }
+    candidates.into_iter().filter(|at| *at > snap.now).min()
 }
 
 #[cfg(test)]
@@ -110,6 +151,65 @@ mod tests {
             Some("PullTimeout".into())
         );
         assert_eq!(pull_failure(&s, &pp(PullState::Pulled), at(600)), None);
+    }
+
+    /// The next wake is the earliest rule to turn: here the pull timeout (60 s after the
+    /// pre-pull pod's creation) before minReadySeconds of the other target; none once every
+    /// deadline has passed.
+    #[test]
+    fn the_next_deadline_is_the_earliest_rule_to_turn() {
+        use crate::plan::{Direction, PodView, Target};
+        let s = spec();
+        let pod = |image: &str, created: i64, ready: Option<i64>| PodView {
+            name: "p".into(),
+            uid: "u".into(),
+            image: image.into(),
+            created: at(created),
+            ready_since: ready.map(at),
+            batch: None,
+            chosen_at: None,
+            outcome: None,
+            terminating: false,
+        };
+        let target = |current, prepull| Target {
+            workload: "DaemonSet/toll".into(),
+            node: "n".into(),
+            image: "toll:2".into(),
+            group: String::new(),
+            node_ready: true,
+            current,
+            prepull,
+            slot: Slot::Node,
+        };
+        let pulling = PrePullView {
+            name: "pp".into(),
+            batch: "1".into(),
+            attempt: 1,
+            created: at(100),
+            state: PullState::Pulling,
+            swapped_at: None,
+            outcome: None,
+        };
+        let snap = |now: i64, targets: Vec<Target>| Snapshot {
+            spec: &s,
+            direction: Direction::FORWARD,
+            targets,
+            current_batch: 1,
+            current_batch_size: 2,
+            hold: false,
+            stop: false,
+            step_pause_pending: false,
+            catch_up_open: true,
+            now: at(now),
+        };
+        let targets = vec![
+            target(Some(pod("toll:1", 0, Some(0))), Some(pulling)),
+            target(Some(pod("toll:2", 150, Some(158))), None),
+        ];
+        // Pull timeout at 160; minReady (5 s) of the new pod at 163; its ready timeout later.
+        assert_eq!(next_deadline(&snap(120, targets.clone())), Some(at(160)));
+        assert_eq!(next_deadline(&snap(160, targets.clone())), Some(at(163)));
+        assert_eq!(next_deadline(&snap(100_000, targets)), None);
     }
 
     #[test]
