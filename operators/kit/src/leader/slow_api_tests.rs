@@ -20,10 +20,18 @@ use super::{LeaderElector, LeaseTiming};
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
 
 /// A status and a JSON body.
-type Reply = (StatusCode, [(axum::http::HeaderName, &'static str); 1], String);
+type Reply = (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+);
 
 fn reply(status: StatusCode, body: &Value) -> Reply {
-    (status, [(CONTENT_TYPE, "application/json")], body.to_string())
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }
 
 #[derive(Clone)]
