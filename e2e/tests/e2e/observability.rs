@@ -272,7 +272,7 @@ async fn prometheus_scrapes_every_metric_the_dashboards_and_alerts_use() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 11, "{groups}");
+    assert_eq!(rules.len(), 12, "{groups}");
     for r in &rules {
         assert_eq!(r["health"], "ok", "{r}");
         assert_ne!(r["state"], "firing", "{r}");
