@@ -316,8 +316,12 @@ async fn daemonset_rolls_out_station_by_station_pulling_before_every_swap() {
             .unwrap_or_default()
             .contains_key(keys::WORKLOAD_LOCK_ANNOTATION)
     );
-    // The job records its final figures before it gives everything back: its pre-pull pods
-    // go with the release (deleted, then gone once the kubelet let them go).
+    prepull_pods_gone(&bed).await;
+}
+
+/// The job records its final figures before it gives everything back: its pre-pull pods go
+/// with the release (deleted, then gone once the kubelet let them go).
+pub(crate) async fn prepull_pods_gone(bed: &Bed) {
     wait_for(
         "the job's pre-pull pods gone after the release",
         Duration::from_secs(60),

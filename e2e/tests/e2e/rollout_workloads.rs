@@ -205,22 +205,7 @@ async fn deployments_roll_out_in_batches_pulling_on_their_nodes_before_each_patc
         let strategy = d.spec.unwrap().strategy.unwrap();
         assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     }
-    // The job records its final figures before it gives everything back: its pre-pull pods
-    // go with the release (deleted, then gone once the kubelet let them go).
-    wait_for(
-        "the job's pre-pull pods gone after the release",
-        Duration::from_secs(60),
-        || async {
-            let left = bed
-                .ns
-                .api::<Pod>()
-                .list(&ListParams::default().labels(keys::PREPULL_LABEL))
-                .await?;
-            Ok(left.items.is_empty().then_some(()))
-        },
-    )
-    .await
-    .expect("pre-pull pods left behind");
+    crate::rollout::prepull_pods_gone(&bed).await;
 }
 
 #[tokio::test]
