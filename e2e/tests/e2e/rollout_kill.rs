@@ -243,8 +243,8 @@ const STALL_ENV: &str = "EDGEFLEET_ROLLOUT_TEST_STALL";
 /// The leader killed while it gives the workloads of an ended job back (stalled there by the
 /// test-only `EDGEFLEET_ROLLOUT_TEST_STALL=released:40`, after the DaemonSet is unlocked): the
 /// new leader only finishes the release. The figures a person watches stay exactly as they
-/// were (they were once recomputed from the released workloads, their marks gone), and
-/// `WorkloadsReleased` turns True.
+/// were (they were once recomputed from the released workloads, their marks gone), and only
+/// then do the phase turn Completed and `WorkloadsReleased` True.
 #[tokio::test]
 async fn a_leader_killed_while_releasing_an_ended_job_leaves_its_final_figures() {
     let mut bed = bed("released").await;
@@ -315,8 +315,14 @@ async fn a_leader_killed_while_releasing_an_ended_job_leaves_its_final_figures()
     .await
     .unwrap();
     let (b, a) = (before.status.unwrap(), after.status.unwrap());
-    assert_eq!(b.phase, RolloutPhase::Completed, "final before the release");
-    assert_eq!(a.phase, RolloutPhase::Completed);
+    // Final figures before the release; the ended phase only once the workloads are back.
+    assert_eq!(b.ending_phase, Some(RolloutPhase::Completed));
+    assert_ne!(
+        b.phase,
+        RolloutPhase::Completed,
+        "Completed before the release"
+    );
+    assert_eq!((a.phase, a.ending_phase), (RolloutPhase::Completed, None));
     assert_eq!(a.counts, b.counts, "the job's figures moved");
     assert_eq!(a.counts.updated, 10);
     let figures = |s: &edgefleet_api::rollout::RolloutJobStatus| -> Vec<_> {

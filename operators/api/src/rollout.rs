@@ -485,6 +485,12 @@ pub struct RolloutJobStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub phase: RolloutPhase,
+    /// Set while an ended job gives its workloads back: the phase it ends in once they are.
+    /// Its figures are already final; `phase` and the `Complete` / `Failed` conditions turn
+    /// only when the workloads are back in their controllers' hands (as a Kubernetes Job sets
+    /// `Complete` only after its pods are cleaned up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending_phase: Option<RolloutPhase>,
     /// `current/total` batches, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,

@@ -2,10 +2,11 @@
 //! read the targets, plan (pure), record the status, act, report, and say when the clock must
 //! wake the job next (pod and node changes wake it through [`crate::wake`]).
 //!
-//! An ending job records its final figures first and gives its workloads back after, then
-//! says so with the `WorkloadsReleased` condition: a leader killed in between finds the
-//! figures final and only finishes the release, which never touches them (figures recomputed
-//! from released workloads, their marks gone, once moved backwards).
+//! An ending job records its final figures first (with `endingPhase`), gives its workloads
+//! back after, and only then takes its ended phase (`WorkloadsReleased=True`, `Complete`): a
+//! leader killed in between finds the figures final and only finishes the release, which
+//! never touches them (figures recomputed from released workloads, their marks gone, once
+//! moved backwards), and whoever waits for `Complete` finds the workloads already back.
 
 use edgefleet_api::rollout::{RolloutJob, RolloutJobSpec, RolloutJobStatus, RolloutPhase};
 use edgefleet_kit::{ConditionStatus, set_condition};
@@ -32,8 +33,8 @@ use crate::plan::{self, Direction, Snapshot, Target};
 use crate::report::{events, export_metrics, export_phase, publish};
 use crate::snapshot;
 use crate::status::{
-    Decision, Situation, build_status, current_batch_planned, decide, is_terminal,
-    step_pause_active,
+    Decision, Situation, WORKLOADS_RELEASED, build_status, current_batch_planned, decide, ended,
+    ending, figures_final, is_terminal, step_pause_active,
 };
 use crate::workload;
 
@@ -58,9 +59,6 @@ struct Blocked {
 /// The longest the clock leaves an active job alone: a safety net under the watches (a lost
 /// event, a deadline not foreseen), not what drives progress.
 pub const CLOCK_CEILING: Duration = Duration::from_secs(10);
-
-/// The condition an ended job sets once every workload it held is given back.
-pub const WORKLOADS_RELEASED: &str = "WorkloadsReleased";
 
 /// What one reconcile is about: the fresh job, its last status, which way it goes.
 struct Run<'a> {
@@ -92,7 +90,7 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
     };
     let job = &fresh;
     let old = job.status.clone().unwrap_or_default();
-    if is_terminal(old.phase) {
+    if figures_final(&old) {
         ctx.interest.forget(&job_ref);
         return finish_release(ctx, job, &old).await;
     }
@@ -170,24 +168,13 @@ pub(crate) async fn apply(cached: &RolloutJob, ctx: &Context) -> Result<Requeue>
             nodes: workload::pods_behind(&w.obj, &pods),
         })
         .collect();
-    let mut status = status_of(
+    let status = status_of(
         &run,
         &plan,
         &decision,
         &behind,
         &direction_image(&workloads, &job.spec),
     );
-    if is_terminal(status.phase) {
-        set_condition(
-            &mut status.conditions,
-            WORKLOADS_RELEASED,
-            ConditionStatus::False,
-            "Releasing",
-            "final figures recorded; giving the workloads back",
-            job.metadata.generation,
-            run.now,
-        );
-    }
     act(ctx, &run, &workloads, &plan, &status, &other_direction).await?;
     report(ctx, &run, &snap, &plan, &decision, &status).await;
 
@@ -234,8 +221,9 @@ fn status_deadline(job: &RolloutJob, old: &RolloutJobStatus, now: Timestamp) -> 
         .min()
 }
 
-/// An ended job whose final figures are recorded: give every workload back (idempotent; a
-/// workload no longer locked by the job is left alone), then say so. Never touches the figures.
+/// A job whose final figures are recorded (ending, or ended by an older version that did not
+/// record the release): give every workload back (idempotent; a workload no longer locked by
+/// the job is left alone), then take the ended phase ([`ended`]). Never touches the figures.
 async fn finish_release(
     ctx: &Context,
     job: &RolloutJob,
@@ -245,31 +233,24 @@ async fn finish_release(
         .conditions
         .iter()
         .any(|c| c.type_ == WORKLOADS_RELEASED && c.status == "True");
-    if released {
+    if released && old.ending_phase.is_none() {
         return Ok(Requeue::await_change());
     }
     let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
     let uid = job.uid().ok_or(Error::MissingField("uid"))?;
+    let phase = old.ending_phase.unwrap_or(old.phase);
     release(
         ctx,
         &ns,
         job.spec.target.kind,
         &uid,
-        old.phase != RolloutPhase::Aborted,
+        phase != RolloutPhase::Aborted,
     )
     .await?;
     ctx.stall.at("released").await;
-    let mut status = old.clone();
-    set_condition(
-        &mut status.conditions,
-        WORKLOADS_RELEASED,
-        ConditionStatus::True,
-        "Released",
-        "every workload the job held is given back (those with pods behind stay held for a catch-up)",
-        job.metadata.generation,
-        Timestamp::now(),
-    );
+    let status = ended(old, job, Timestamp::now());
     write_status(ctx, job, old, &status).await?;
+    export_phase(ctx, &ns, &job.name_any(), status.phase);
     Ok(Requeue::await_change())
 }
 
@@ -525,11 +506,12 @@ async fn act(
         field_manager: OPERATOR,
     };
     if is_terminal(status.phase) {
-        // The last marks, then the final figures, then the release: figures are never
-        // recomputed from workloads already given back.
+        // The last marks, then the final figures, then the release, then the ended phase:
+        // figures are never recomputed from workloads already given back.
         actor.run(plan.actions.clone()).await?;
-        write_status(ctx, job, &run.old, status).await?;
-        finish_release(ctx, job, status).await?;
+        let held = ending(status, &run.old, job, run.now);
+        write_status(ctx, job, &run.old, &held).await?;
+        finish_release(ctx, job, &held).await?;
     } else {
         write_status(ctx, job, &run.old, status).await?;
         for stale in other_direction {

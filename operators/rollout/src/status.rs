@@ -223,7 +223,20 @@ pub fn build_status(
         ),
     };
     s.message = Some(message.clone());
+    set_phase_conditions(&mut s, job, phase, pause_reason.as_ref(), &message, now);
+    s
+}
 
+/// The conditions a phase implies, and the completion time of an ended job.
+fn set_phase_conditions(
+    s: &mut RolloutJobStatus,
+    job: &RolloutJob,
+    phase: RolloutPhase,
+    pause_reason: Option<&(&str, String)>,
+    message: &str,
+    now: Timestamp,
+) {
+    let generation = job.metadata.generation;
     let c = &mut s.conditions;
     let progressing = !is_terminal(phase) && pause_reason.is_none();
     let reason = match phase {
@@ -239,11 +252,11 @@ pub fn build_status(
         "Progressing",
         progressing,
         reason,
-        &message,
+        message,
         generation,
         now,
     );
-    match &pause_reason {
+    match pause_reason {
         Some((r, m)) => set_condition(c, "Paused", ConditionStatus::True, r, m, generation, now),
         None => set_condition(
             c,
@@ -261,7 +274,7 @@ pub fn build_status(
         "Complete",
         complete,
         reason,
-        if complete { &message } else { "" },
+        if complete { message } else { "" },
         generation,
         now,
     );
@@ -275,15 +288,89 @@ pub fn build_status(
         } else {
             "NoFailure"
         },
-        if failed { &message } else { "" },
+        if failed { message } else { "" },
         generation,
         now,
     );
     if is_terminal(phase) {
         s.completion_time.get_or_insert(Time(now));
     }
+}
+
+/// What an ending job records before it gives its workloads back: its final figures, with the
+/// phase it had and the phase it ends in as `endingPhase`. `Complete` / `Failed` stay as they
+/// were until the workloads are back ([`ended`]): whoever waits for them may act on the
+/// workloads at once (a Kubernetes Job, too, turns `Complete` only after its pods are cleaned
+/// up). A leader killed in between finds the figures final and only finishes the release.
+pub fn ending(
+    last: &RolloutJobStatus,
+    old: &RolloutJobStatus,
+    job: &RolloutJob,
+    now: Timestamp,
+) -> RolloutJobStatus {
+    let mut s = last.clone();
+    s.phase = old.phase;
+    s.ending_phase = Some(last.phase);
+    s.completion_time.clone_from(&old.completion_time);
+    for type_ in ["Complete", "Failed"] {
+        s.conditions.retain(|c| c.type_ != type_);
+        s.conditions
+            .extend(old.conditions.iter().filter(|c| c.type_ == type_).cloned());
+    }
+    let message = format!(
+        "final figures recorded; giving the workloads back, then {:?}",
+        last.phase
+    );
+    let generation = job.metadata.generation;
+    set_condition(
+        &mut s.conditions,
+        "Progressing",
+        ConditionStatus::True,
+        "Releasing",
+        &message,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut s.conditions,
+        WORKLOADS_RELEASED,
+        ConditionStatus::False,
+        "Releasing",
+        &message,
+        generation,
+        now,
+    );
     s
 }
+
+/// The status of an ending job once its workloads are back: the phase it ends in, the
+/// conditions that phase implies, `WorkloadsReleased=True`. The figures are not touched.
+pub fn ended(held: &RolloutJobStatus, job: &RolloutJob, now: Timestamp) -> RolloutJobStatus {
+    let mut s = held.clone();
+    if let Some(phase) = s.ending_phase.take() {
+        s.phase = phase;
+        let message = s.message.clone().unwrap_or_default();
+        set_phase_conditions(&mut s, job, phase, None, &message, now);
+    }
+    set_condition(
+        &mut s.conditions,
+        WORKLOADS_RELEASED,
+        ConditionStatus::True,
+        "Released",
+        "every workload the job held is given back (those with pods behind stay held for a catch-up)",
+        job.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Whether the job's figures are final: ended, or ending (giving its workloads back).
+pub fn figures_final(status: &RolloutJobStatus) -> bool {
+    is_terminal(status.phase) || status.ending_phase.is_some()
+}
+
+/// The condition an ending job sets once every workload it held is given back.
+pub const WORKLOADS_RELEASED: &str = "WorkloadsReleased";
 
 #[cfg(test)]
 mod tests {
@@ -341,6 +428,85 @@ mod tests {
             ..situation(false)
         });
         assert_eq!(d.pause.unwrap().0, "SpecPaused");
+    }
+
+    /// Whoever waits for `Complete` (kubectl wait, a GitOps health check, the next step of a
+    /// pipeline) may act on the workloads at once: the ending job records its final figures
+    /// with the phase it had, and takes the ended phase only once the workloads are back.
+    #[test]
+    fn an_ending_job_turns_complete_only_once_its_workloads_are_back() {
+        let job = RolloutJob::new(
+            "j",
+            serde_json::from_value(serde_json::json!({
+                "target": {"kind": "DaemonSet", "selector": {"matchLabels": {"app": "a"}}},
+                "image": "a:2",
+            }))
+            .unwrap(),
+        );
+        let t0: Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
+        let counts = TargetCounts {
+            targets: 9,
+            updated: 9,
+            ready: 9,
+            ..TargetCounts::default()
+        };
+        let p = plan::Plan {
+            counts: counts.clone(),
+            complete: true,
+            ..plan::Plan::default()
+        };
+        let running = build_status(
+            &job,
+            &RolloutJobStatus::default(),
+            &p,
+            RolloutPhase::Progressing,
+            None,
+            t0,
+        );
+        let last = build_status(&job, &running, &p, RolloutPhase::Completed, None, t0);
+        let condition = |s: &RolloutJobStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+
+        let held = ending(&last, &running, &job, t0);
+        assert_eq!(held.phase, RolloutPhase::Progressing);
+        assert_eq!(held.ending_phase, Some(RolloutPhase::Completed));
+        assert!(figures_final(&held) && !is_terminal(held.phase));
+        assert_eq!(held.counts, counts, "the figures are the final ones");
+        assert_eq!(held.completion_time, None);
+        assert_eq!(
+            condition(&held, "Complete"),
+            Some(("False".into(), "BatchesRunning".into()))
+        );
+        assert_eq!(
+            condition(&held, WORKLOADS_RELEASED),
+            Some(("False".into(), "Releasing".into()))
+        );
+
+        let done = ended(&held, &job, t0);
+        assert_eq!(
+            (done.phase, done.ending_phase),
+            (RolloutPhase::Completed, None)
+        );
+        assert_eq!(done.counts, counts);
+        assert_eq!(
+            condition(&done, "Complete"),
+            Some(("True".into(), "Completed".into()))
+        );
+        assert_eq!(
+            condition(&done, "Progressing"),
+            Some(("False".into(), "Completed".into()))
+        );
+        assert_eq!(
+            condition(&done, WORKLOADS_RELEASED),
+            Some(("True".into(), "Released".into()))
+        );
+        assert!(done.completion_time.is_some());
+        // A second pass (a new leader finishing the release) changes nothing.
+        assert_eq!(ended(&done, &job, t0), done);
     }
 
     /// Issue 9: the batch table read READY 0 for finished batches (their last figures were
