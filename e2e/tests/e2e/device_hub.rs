@@ -242,6 +242,10 @@ async fn device_reports_coalesced_ordered_and_bound_to_their_node() {
     let d = devices.get("thermo-a").await.unwrap();
     assert_eq!(reported(&d, "temp").unwrap().0, "121");
 
+    // From here the hub merges into the answer to its own last write: no read per report.
+    let api_bases = "edgefleet_hub_device_status_bases_total{source=\"api\"}";
+    let reads_before = metric(&maddr, api_bases);
+
     // The same value again (a fresh timestamp, within the refresh period): no write at all.
     let before = metric(&maddr, ok_writes);
     let rv = d.resource_version();
@@ -289,6 +293,55 @@ async fn device_reports_coalesced_ordered_and_bound_to_their_node() {
     );
     let st = devices.get("thermo-a").await.unwrap().status.unwrap();
     assert_eq!(st.state.as_deref(), Some("online"));
+    assert_eq!(
+        metric(&maddr, api_bases),
+        reads_before,
+        "a report read the Device the hub had just written"
+    );
+
+    // Another replica wrote a newer value meanwhile (the node's session moved and back): the
+    // hub's base is stale, its apply refused (409), the Device read and merged again — the
+    // other replica's newer value stays.
+    let mut d = devices.get("thermo-a").await.unwrap();
+    let twins = d.status.as_mut().unwrap().twins.as_mut().unwrap();
+    let newest = twins[0].reported.as_mut().unwrap();
+    newest.value = "999".into();
+    let meta = newest.metadata.get_or_insert_default();
+    meta.insert("version".into(), "50".into());
+    meta.insert("timestamp".into(), (t1 + 50).to_string());
+    let other = json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "Device",
+        "metadata": {"name": "thermo-a", "namespace": ns.name},
+        "status": {"twins": d.status.as_ref().unwrap().twins},
+    });
+    devices
+        .patch_status(
+            "thermo-a",
+            &PatchParams::apply("e2e-other-replica").force(),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap();
+    let conflicts = "edgefleet_hub_device_status_writes_total{result=\"conflict\"}";
+    let conflicts_before = metric(&maddr, conflicts);
+    assert_ok(
+        &ask(
+            &mut sa,
+            &twin(&ns.name, "thermo-a", "temp", "123", 23, t1 + 23),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        reported(&devices.get("thermo-a").await.unwrap(), "temp")
+            .unwrap()
+            .0,
+        "999",
+        "a stale base overwrote another replica's newer value"
+    );
+    assert!(metric(&maddr, conflicts) > conflicts_before);
+    assert!(metric(&maddr, api_bases) > reads_before);
 
     // A property the Device does not declare: not written, named in a condition, counted.
     assert_ok(
@@ -379,7 +432,7 @@ async fn device_reports_coalesced_ordered_and_bound_to_their_node() {
         .unwrap_or_else(|| panic!("{table}"))
         .split_whitespace()
         .collect();
-    assert_eq!(&temp[..4], ["temp", "20", "20", "121"], "{table}");
+    assert_eq!(&temp[..4], ["temp", "20", "20", "999"], "{table}");
     assert!(table.contains("UnknownReportedProperty=True"), "{table}");
     let (code, json_out, _) =
         plugin(&["device", "status", "thermo-a", "-n", &ns.name, "-o", "json"]);

@@ -133,6 +133,17 @@ struct Cli {
     )]
     device_pending_max: usize,
 
+    /// Device status writes started per second, at most: the API server's share for device
+    /// twins beside node Leases. A backlog waits on the hub (one entry per device, its reports
+    /// coalescing) and drains oldest first.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_DEVICE_WRITES_PER_SECOND",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    device_writes_per_second: u32,
+
     /// An unchanged reported value is written again (fresh timestamp) after this many seconds.
     #[arg(
         long,
@@ -179,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
             flush_interval: Duration::from_millis(cli.device_flush_ms.max(10)),
             pending_max: cli.device_pending_max.max(1),
             refresh: Duration::from_secs(cli.device_refresh_seconds),
+            writes_per_second: cli.device_writes_per_second,
             ..Default::default()
         },
     };

@@ -10,7 +10,7 @@
 //!   (or dropped as unchanged/older): an "OK" means the value is in the API, so a hub killed
 //!   before a flush loses nothing the edge believes delivered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use edgefleet_channel::device::{DeviceStateUpdate, DeviceTwinUpdate, ReportOrder};
@@ -178,6 +178,9 @@ pub struct Board {
     pending: HashMap<DeviceKey, Pending>,
     /// Devices in the order they entered (drained oldest first).
     order: Vec<DeviceKey>,
+    /// Devices taken for a write not finished yet: not taken again until it is (one write per
+    /// device at a time; reports meanwhile wait in a new entry).
+    in_flight: HashSet<DeviceKey>,
 }
 
 impl Board {
@@ -186,6 +189,7 @@ impl Board {
             capacity: capacity.max(1),
             pending: HashMap::new(),
             order: Vec::new(),
+            in_flight: HashSet::new(),
         }
     }
 
@@ -236,8 +240,36 @@ impl Board {
         out
     }
 
+    /// Up to `limit` waiting devices not being written, oldest first, now in flight (each to
+    /// be given back with [`Board::written`] or [`Board::put_back`]).
+    pub fn take_ready(&mut self, limit: usize) -> Vec<(DeviceKey, Pending)> {
+        let mut out = Vec::new();
+        let mut left = Vec::with_capacity(self.order.len());
+        for key in std::mem::take(&mut self.order) {
+            if out.len() >= limit || self.in_flight.contains(&key) {
+                left.push(key);
+            } else if let Some(p) = self.pending.remove(&key) {
+                self.in_flight.insert(key.clone());
+                out.push((key, p));
+            }
+        }
+        self.order = left;
+        out
+    }
+
+    /// Devices being written.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The write of `key` ended (its reports answered).
+    pub fn written(&mut self, key: &DeviceKey) {
+        self.in_flight.remove(key);
+    }
+
     /// Puts back an entry whose write failed; reports that arrived meanwhile are folded in.
     pub fn put_back(&mut self, key: DeviceKey, mut entry: Pending) {
+        self.in_flight.remove(&key);
         entry.failures += 1;
         match self.pending.remove(&key) {
             Some(newer) => entry.absorb(newer),
@@ -324,6 +356,41 @@ mod tests {
         assert_eq!(all[0].1.twins["t"].actual.as_ref().unwrap().0, "6");
         assert_eq!(all[0].1.failures, 1);
         assert_eq!(all[0].1.waiters.len(), 2);
+    }
+
+    #[test]
+    fn a_device_being_written_is_not_taken_again_and_the_oldest_go_first() {
+        let mut b = Board::new(10);
+        let now = Instant::now();
+        let mut keep = Vec::new();
+        for (n, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            let (tx, rx) = oneshot::channel();
+            keep.push(rx);
+            b.offer(&key(n), Report::Twins(&twins("t", "1", v, v)), tx, now)
+                .unwrap();
+        }
+        let first = b.take_ready(2);
+        let names: Vec<&str> = first.iter().map(|(k, _)| k.1.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!((b.len(), b.in_flight()), (1, 2));
+        // A report for "a" while it is written waits in a new entry, not taken until the
+        // write ends.
+        let (tx, _r) = oneshot::channel();
+        b.offer(&key("a"), Report::Twins(&twins("t", "2", 4, 4)), tx, now)
+            .unwrap();
+        let next = b.take_ready(10);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].0.1, "c");
+        assert!(b.take_ready(10).is_empty());
+        b.written(&key("a"));
+        let mut again = b.take_ready(10);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1.twins["t"].actual.as_ref().unwrap().0, "2");
+        // A failed write puts its entry back, no longer in flight.
+        let (k, entry) = again.pop().unwrap();
+        b.put_back(k, entry);
+        let retried = b.take_ready(10);
+        assert_eq!((retried.len(), retried[0].1.failures), (1, 1));
     }
 
     #[test]

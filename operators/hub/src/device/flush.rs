@@ -1,22 +1,34 @@
-//! The device status writer: every flush interval, each device with reports waiting gets at
-//! most one write — read, merge (pure), server-side apply of the hub's fields — and its
-//! reports are answered.
+//! The device status writer: every flush interval it starts writes for the devices with
+//! reports waiting, oldest first, within a write budget (`writes_per_second`) and `writers`
+//! in flight; each write merges (pure) into the Device as the hub last saw it and applies the
+//! hub's fields (server-side apply), and the reports are answered.
 //!
-//! A conflict (another writer moved the Device since the read) is read and merged again, up to
-//! three times in one flush; a failed write goes back on the board for the next flush, up to
-//! [`MAX_FAILURES`] flushes, then its reports are answered "busy" (the edge resends) and counted.
+//! No read per write: the Device comes from the hub's watch cache, or from the answer to the
+//! hub's own last write of it while the cache lags behind that. The apply carries the
+//! resourceVersion it merged into, so a stale Device is refused (409) and read fresh, merged
+//! again, up to three times. No barrier: a slow write holds only its own device; the next
+//! tick starts writes for the others. A backlog beyond the budget waits on the board, where
+//! each device has one entry however many reports arrive, so writes per device space out as
+//! the fleet grows instead of the API server's load growing with it.
+//!
+//! A failed write goes back on the board for the next flush, up to [`MAX_FAILURES`] flushes,
+//! then its reports are answered "busy" (the edge resends) and counted.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use edgefleet_api::devices::Device;
-use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::Semaphore;
 
 use super::board::{DeviceKey, Pending};
 use super::merge::merge;
+use super::{Devices, WRITTEN_KEPT};
 use crate::hub::Hub;
 use crate::lock;
 use crate::wire::FIELD_MANAGER;
+use edgefleet_channel::resource::ResourceType;
 
 /// Flushes an entry may fail before its reports are given up.
 pub const MAX_FAILURES: u32 = 3;
@@ -24,24 +36,32 @@ pub const MAX_FAILURES: u32 = 3;
 /// Runs until the task is aborted.
 pub async fn run(hub: Arc<Hub>) {
     let settings = hub.devices.settings.clone();
+    let writers = Arc::new(Semaphore::new(settings.writers.max(1)));
     let mut tick = tokio::time::interval(settings.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut budget = Budget::new(settings.writes_per_second, Instant::now());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = hub.devices.wake.notified() => {}
         }
-        let entries = lock(&hub.devices.board).take_all();
-        hub.metrics.devices.pending.set(0);
-        if entries.is_empty() {
-            continue;
+        let now = Instant::now();
+        forget_old_writes(&hub.devices, now);
+        let limit = budget.available(now).min(writers.available_permits());
+        let entries = lock(&hub.devices.board).take_ready(limit);
+        budget.spend(entries.len());
+        for (key, entry) in entries {
+            let Ok(permit) = writers.clone().try_acquire_owned() else {
+                // Counted above: cannot happen; put back rather than lose the reports.
+                lock(&hub.devices.board).put_back(key, entry);
+                continue;
+            };
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                write(&hub, key, entry).await;
+                drop(permit);
+            });
         }
-        futures::stream::iter(entries)
-            .for_each_concurrent(settings.writers.max(1), |(key, entry)| {
-                let hub = hub.clone();
-                async move { write(&hub, key, entry).await }
-            })
-            .await;
         let left = lock(&hub.devices.board).len();
         hub.metrics
             .devices
@@ -50,7 +70,74 @@ pub async fn run(hub: Arc<Hub>) {
     }
 }
 
-fn done(hub: &Hub, entry: Pending, result: &Result<(), String>) {
+/// Writes the budget allows to start, refilled continuously up to one second's worth.
+#[derive(Debug)]
+struct Budget {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn new(per_second: u32, now: Instant) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Budget {
+            per_second,
+            tokens: per_second,
+            at: now,
+        }
+    }
+
+    /// Whole writes that may start now.
+    fn available(&mut self, now: Instant) -> usize {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.at = now;
+        // Whole tokens only; the fraction stays for the next tick.
+        self.tokens.floor().max(0.0) as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+/// Drops answers to writes old enough that the watch cache holds them (or something newer).
+fn forget_old_writes(devices: &Devices, now: Instant) {
+    lock(&devices.written).retain(|_, (at, _)| now.saturating_duration_since(*at) < WRITTEN_KEPT);
+}
+
+/// The resourceVersion as a number: etcd's revision, which orders versions of one object.
+fn version(d: &Device) -> Option<u64> {
+    d.resource_version()?.parse().ok()
+}
+
+/// The Device as the hub last saw it without a read: the newer of the watch cache and the
+/// answer to its own last write. `None` when it holds neither (the caller reads it).
+fn known(hub: &Hub, key: &DeviceKey) -> Option<(Device, &'static str)> {
+    let cached = hub
+        .caches
+        .object(ResourceType::Device, &key.0, &key.1)
+        .and_then(|o| serde_json::to_value(o.as_ref()).ok())
+        .and_then(|v| serde_json::from_value::<Device>(v).ok());
+    let written = lock(&hub.devices.written)
+        .get(key)
+        .map(|(_, d)| d.as_ref().clone());
+    newer(cached, written)
+}
+
+/// The newer of the cached Device and the answer to the hub's own last write (pure).
+fn newer(cached: Option<Device>, written: Option<Device>) -> Option<(Device, &'static str)> {
+    match (cached, written) {
+        (Some(c), Some(w)) if version(&w) > version(&c) => Some((w, "written")),
+        (Some(c), _) => Some((c, "cache")),
+        (None, Some(w)) => Some((w, "written")),
+        (None, None) => None,
+    }
+}
+
+fn done(hub: &Hub, key: &DeviceKey, entry: Pending, result: &Result<(), String>) {
+    lock(&hub.devices.board).written(key);
     if let Some(since) = entry.since
         && result.is_ok()
     {
@@ -68,19 +155,29 @@ async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
     let api: Api<Device> = Api::namespaced(hub.client.clone(), &key.0);
     let refresh_ms = i64::try_from(hub.devices.settings.refresh.as_millis()).unwrap_or(i64::MAX);
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut base = known(hub, &key);
     for _ in 0..3 {
-        let device = match api.get_opt(&key.1).await {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                metrics.give_ups.with_label_values(&["not_found"]).inc();
-                let reason = format!("not found: device {}/{}", key.0, key.1);
-                done(hub, entry, &Err(reason));
-                return;
+        let device = match base.take() {
+            Some((d, source)) => {
+                metrics.reads.with_label_values(&[source]).inc();
+                d
             }
-            Err(e) => {
-                tracing::info!(device = %key.1, error = %e, "reading a device for its status");
-                break;
-            }
+            None => match api.get_opt(&key.1).await {
+                Ok(Some(d)) => {
+                    metrics.reads.with_label_values(&["api"]).inc();
+                    d
+                }
+                Ok(None) => {
+                    metrics.give_ups.with_label_values(&["not_found"]).inc();
+                    let reason = format!("not found: device {}/{}", key.0, key.1);
+                    done(hub, &key, entry, &Err(reason));
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(device = %key.1, error = %e, "reading a device for its status");
+                    break;
+                }
+            },
         };
         let now = jiff::Timestamp::now().to_string();
         let merged = merge(&device, &entry, refresh_ms, &now);
@@ -98,20 +195,23 @@ async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
         }
         let Some(body) = merged.apply else {
             metrics.writes.with_label_values(&["unchanged"]).inc();
-            done(hub, entry, &Ok(()));
+            done(hub, &key, entry, &Ok(()));
             return;
         };
         match api
             .patch_status(&key.1, &params, &Patch::Apply(&body))
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
                 metrics.writes.with_label_values(&["ok"]).inc();
-                done(hub, entry, &Ok(()));
+                lock(&hub.devices.written).insert(key.clone(), (Instant::now(), Arc::new(written)));
+                done(hub, &key, entry, &Ok(()));
                 return;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Merged into a stale Device (another writer, or a lagging cache): read it.
                 metrics.writes.with_label_values(&["conflict"]).inc();
+                lock(&hub.devices.written).remove(&key);
             }
             Err(e) => {
                 metrics.writes.with_label_values(&["failed"]).inc();
@@ -123,8 +223,64 @@ async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
     if entry.failures + 1 >= MAX_FAILURES {
         metrics.give_ups.with_label_values(&["retries"]).inc();
         let reason = "busy: device status write failed; resend".to_string();
-        done(hub, entry, &Err(reason));
+        done(hub, &key, entry, &Err(reason));
     } else {
         lock(&hub.devices.board).put_back(key, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_budget_refills_to_a_seconds_worth_and_keeps_fractions() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(10, t0);
+        assert_eq!(b.available(t0), 10);
+        b.spend(10);
+        assert_eq!(b.available(t0), 0);
+        assert_eq!(b.available(t0 + Duration::from_millis(250)), 2);
+        b.spend(2);
+        // 0.5 left from the last refill, + 0.5 → 1.
+        assert_eq!(b.available(t0 + Duration::from_millis(300)), 1);
+        // A long quiet spell gives a second's worth, not more.
+        assert_eq!(b.available(t0 + Duration::from_secs(60)), 10);
+    }
+
+    fn at(rv: &str) -> Device {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+            "metadata": {"name": "d", "namespace": "ns", "resourceVersion": rv},
+            "spec": {"deviceModelRef": {"name": "m"}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_newer_of_the_cache_and_the_own_last_write_is_the_base() {
+        let rv = |x: Option<(Device, &'static str)>| {
+            x.map(|(d, source)| (d.resource_version().unwrap(), source))
+        };
+        // The watch has not brought the hub's own write back yet: its answer is newer.
+        assert_eq!(
+            rv(newer(Some(at("10")), Some(at("12")))),
+            Some(("12".into(), "written"))
+        );
+        // Someone wrote after the hub (another replica, the device operator): the cache wins.
+        assert_eq!(
+            rv(newer(Some(at("15")), Some(at("12")))),
+            Some(("15".into(), "cache"))
+        );
+        assert_eq!(
+            rv(newer(Some(at("12")), Some(at("12")))),
+            Some(("12".into(), "cache"))
+        );
+        assert_eq!(
+            rv(newer(None, Some(at("3")))),
+            Some(("3".into(), "written"))
+        );
+        assert_eq!(rv(newer(None, None)), None);
     }
 }

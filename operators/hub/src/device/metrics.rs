@@ -20,6 +20,9 @@ pub struct DeviceMetrics {
     /// Reports given up without a write, by reason (`full`, `device_busy`, `retries`,
     /// `timeout`, `not_found`).
     pub give_ups: IntCounterVec,
+    /// Where a status write found the Device it merged into, by source (`cache`: the hub's
+    /// watch cache, `written`: the answer to its own last write, `api`: a read).
+    pub reads: IntCounterVec,
     /// Devices with reports waiting for a write.
     pub pending: IntGauge,
     /// First report of a write → the write done.
@@ -72,6 +75,13 @@ impl DeviceMetrics {
                 ),
                 &["reason"],
             )?,
+            reads: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_status_bases_total",
+                    "Devices a status write merged into, by where they came from (cache, written, api: only api costs a read).",
+                ),
+                &["source"],
+            )?,
             pending: IntGauge::new(
                 "edgefleet_hub_device_pending",
                 "Devices with reports waiting for a status write.",
@@ -93,6 +103,7 @@ impl DeviceMetrics {
             Box::new(self.unknown_properties.clone()),
             Box::new(self.writes.clone()),
             Box::new(self.give_ups.clone()),
+            Box::new(self.reads.clone()),
             Box::new(self.pending.clone()),
             Box::new(self.lag.clone()),
         ]

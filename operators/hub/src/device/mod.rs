@@ -6,7 +6,7 @@
 //! | accept | [`accept`] | parse, check the device is bound to the session's node, put on the board |
 //! | hold | [`board`] | one entry per device, newest per property, bounded (pure) |
 //! | merge | [`merge`] | what changed against the stored status, the apply body (pure) |
-//! | write | [`flush`] | every flush interval: read, merge, apply (`edgefleet-hub`), answer |
+//! | write | [`flush`] | every flush interval, within a write budget: merge into the cached Device, apply (`edgefleet-hub`), answer |
 //! | deliver | [`delivery`] | cloud → edge: a Device is resent on spec changes only, not on status writes |
 //!
 //! Guarantee: an "OK" is sent only once the report's values are in the API (or were older or
@@ -23,8 +23,11 @@ pub mod flush;
 pub mod merge;
 pub mod metrics;
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgefleet_api::devices::Device;
 
 use tokio::sync::Notify;
 
@@ -42,6 +45,9 @@ pub struct Settings {
     pub refresh: Duration,
     /// Device status writes in flight.
     pub writers: usize,
+    /// Device status writes started per second, at most (the API server's share for device
+    /// status, beside node Leases): a backlog waits on the board, its reports coalescing.
+    pub writes_per_second: u32,
     /// A report not answered within this is answered "busy" (the edge resends it).
     pub answer_timeout: Duration,
 }
@@ -53,6 +59,7 @@ impl Default for Settings {
             pending_max: 100_000,
             refresh: Duration::from_secs(60),
             writers: 16,
+            writes_per_second: 100,
             answer_timeout: Duration::from_secs(30),
         }
     }
@@ -65,7 +72,13 @@ pub struct Devices {
     pub board: Mutex<Board>,
     /// Wakes the flusher early when the board fills past half.
     pub wake: Notify,
+    /// The answer to the last status write of each device, kept until the watch cache holds
+    /// that version (or [`WRITTEN_KEPT`]): the next write merges into it without a read.
+    pub written: Mutex<HashMap<DeviceKey, (Instant, Arc<Device>)>>,
 }
+
+/// How long the answer to a status write stands in for a watch cache that lags behind it.
+pub const WRITTEN_KEPT: Duration = Duration::from_secs(30);
 
 impl Devices {
     pub fn new(settings: Settings) -> Self {
@@ -73,6 +86,7 @@ impl Devices {
             board: Mutex::new(Board::new(settings.pending_max)),
             settings,
             wake: Notify::new(),
+            written: Mutex::new(HashMap::new()),
         }
     }
 }
