@@ -8,7 +8,8 @@
 //!   each node has: those of containers there that reported a non-empty `imageID`;
 //! - a pod bound to a node that has *all* its images (containers and init containers) is
 //!   annotated `edgefleet.io/sim-pull-seconds: "0"` at once (merge patch), and kwok starts it
-//!   at once;
+//!   at once; a DaemonSet pod is decided as soon as it is created, from the node its affinity
+//!   pins it to, so the annotation is usually there before the scheduler binds it;
 //! - any other pod is left alone and pays the pull. If the missing images reach its node
 //!   meanwhile (another pod pulled them: containerd shares a pull in progress), it starts then.
 //!
@@ -89,7 +90,11 @@ struct PodView {
 impl PodView {
     fn of(pod: &Pod) -> Option<Self> {
         let spec = pod.spec.as_ref()?;
-        let node = spec.node_name.clone().filter(|n| !n.is_empty())?;
+        let node = spec
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| pinned_node(spec))?;
         let containers = spec
             .init_containers
             .iter()
@@ -137,6 +142,35 @@ impl PodView {
             images,
             pulled,
         })
+    }
+}
+
+/// The one node a pod not bound yet is pinned to, as the DaemonSet controller pins its pods
+/// (node affinity `metadata.name In [node]`): its cache is known before the scheduler binds it,
+/// as a kubelet knows its own images. Deciding then keeps this process's watch-and-patch hop
+/// off the swap's path (a real node has no such hop).
+fn pinned_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    let [term] = terms.as_slice() else {
+        return None;
+    };
+    let [field] = term.match_fields.as_deref()? else {
+        return None;
+    };
+    match (
+        field.key.as_str(),
+        field.operator.as_str(),
+        field.values.as_deref(),
+    ) {
+        ("metadata.name", "In", Some([node])) => Some(node.clone()),
+        _ => None,
     }
 }
 
@@ -340,11 +374,9 @@ async fn main() -> Result<()> {
 }
 
 async fn run(cli: &Cli, client: Client, nodes: &Store<PartialObjectMeta<Node>>) -> Result<()> {
-    let pods = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().fields("spec.nodeName!="),
-    )
-    .default_backoff();
+    // Every pod: bound ones, and DaemonSet pods pinned to a node before they are bound.
+    let pods =
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
     let mut pods = std::pin::pin!(pods);
     let mut cache = ImageCache::default();
     let patches = Arc::new(Semaphore::new(usize::from(cli.concurrency)));
@@ -427,6 +459,37 @@ mod tests {
             }]});
         }
         PodView::of(&serde_json::from_value(p).unwrap()).unwrap()
+    }
+
+    /// A DaemonSet pod as created, before the scheduler binds it.
+    fn pinned(name: &str, node: &str, image: &str) -> Option<PodView> {
+        let p = json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+            "spec": {"containers": [{"name": "c", "image": image}],
+                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                        {"nodeSelectorTerms": [{"matchFields": [
+                            {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}},
+            "status": {"phase": "Pending"}
+        });
+        PodView::of(&serde_json::from_value(p).unwrap())
+    }
+
+    #[test]
+    fn a_daemonset_pod_is_decided_before_it_is_bound_and_once() {
+        let mut cache = ImageCache::default();
+        cache.observe(&pod("old", "n1", "app:2", Some("app@sha256:2")));
+        let created = pinned("new", "n1", "app:2").expect("pinned to n1");
+        assert_eq!(created.node, "n1");
+        assert_eq!(names(&cache.observe(&created)), ["new"]);
+        // Bound a moment later: already told, not annotated twice.
+        assert!(cache.observe(&pod("new", "n1", "app:2", None)).is_empty());
+        // Not pinned at all: left until it is bound.
+        let free: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "free", "namespace": "ns", "uid": "uid-free"},
+            "spec": {"containers": [{"name": "c", "image": "app:2"}]},
+        }))
+        .unwrap();
+        assert!(PodView::of(&free).is_none());
     }
 
     fn names(starts: &[Start]) -> Vec<&str> {
