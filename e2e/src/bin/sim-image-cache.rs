@@ -90,11 +90,10 @@ struct PodView {
 impl PodView {
     fn of(pod: &Pod) -> Option<Self> {
         let spec = pod.spec.as_ref()?;
-        let node = spec
-            .node_name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .or_else(|| pinned_node(spec))?;
+        // A DaemonSet pod is decided as soon as it is created, from the node its affinity pins
+        // it to: its cache is known before the scheduler binds it, as a kubelet knows its own
+        // images, which keeps this process's watch-and-patch hop off the swap's path.
+        let node = edgefleet_kit::pods::intended_node(spec).filter(|n| !n.is_empty())?;
         let containers = spec
             .init_containers
             .iter()
@@ -142,35 +141,6 @@ impl PodView {
             images,
             pulled,
         })
-    }
-}
-
-/// The one node a pod not bound yet is pinned to, as the DaemonSet controller pins its pods
-/// (node affinity `metadata.name In [node]`): its cache is known before the scheduler binds it,
-/// as a kubelet knows its own images. Deciding then keeps this process's watch-and-patch hop
-/// off the swap's path (a real node has no such hop).
-fn pinned_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
-    let terms = &spec
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    let [term] = terms.as_slice() else {
-        return None;
-    };
-    let [field] = term.match_fields.as_deref()? else {
-        return None;
-    };
-    match (
-        field.key.as_str(),
-        field.operator.as_str(),
-        field.values.as_deref(),
-    ) {
-        ("metadata.name", "In", Some([node])) => Some(node.clone()),
-        _ => None,
     }
 }
 

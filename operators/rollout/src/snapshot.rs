@@ -225,26 +225,7 @@ pub fn prepull_pods<'a>(
     (by_node, other)
 }
 
-/// The node a DaemonSet pod is for: where it is bound, or — not scheduled yet, e.g. its node
-/// is NotReady — the node the DaemonSet controller pinned it to by affinity.
-pub fn intended_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
-    if let Some(node) = &spec.node_name {
-        return Some(node.clone());
-    }
-    let terms = &spec
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    terms
-        .iter()
-        .flat_map(|t| t.match_fields.iter().flatten())
-        .find(|f| f.key == "metadata.name" && f.operator == "In")
-        .and_then(|f| f.values.as_ref()?.first().cloned())
-}
+pub use edgefleet_kit::pods::intended_node;
 
 /// The labels a DaemonSet's pods require of their node (its template's `nodeSelector`).
 fn daemonset_node_selector(ds: &DaemonSet) -> Option<&BTreeMap<String, String>> {
