@@ -201,9 +201,19 @@ async fn identity_tokens_are_scoped_and_expire() {
         let key = format!("edgefleet_hub_bootstrap_total{{outcome=\"{outcome}\"}}");
         assert!(m.get(&key).copied().unwrap_or(0.0) >= 1.0, "{key}: {m:?}");
     }
-    let listed = plugin(&["token", "list"]).unwrap();
-    assert!(listed.contains(&format!("node {a}")), "{listed}");
-    assert!(listed.contains(&a), "used-by noted: {listed}");
+    // The hub notes a token's use after answering (one patch per token at a time): a's token's
+    // row names a twice, in its scope and in its used-by column.
+    let a_id = for_a.split('.').nth(1).unwrap().to_string();
+    let listed = wait_for("used-by noted", Duration::from_secs(15), || async {
+        let listed = plugin(&["token", "list"])?;
+        let row = listed.lines().find(|l| l.starts_with(&a_id)).unwrap_or("");
+        Ok(
+            (row.contains(&format!("node {a}")) && row.matches(a.as_str()).count() >= 2)
+                .then_some(listed),
+        )
+    })
+    .await
+    .unwrap();
     let group_id = group.split('.').nth(1).unwrap();
     let line = listed
         .lines()

@@ -12,7 +12,7 @@ use edgefleet_channel::bootstrap::{
     IDENTITY_NOT_AFTER_KEY, IDENTITY_SERIAL_KEY, IDENTITY_TOKEN_KEY, JoinToken, PendingResponse,
     RenewRequest, SIGNER_NAME, TOKEN_EXPIRATION_KEY, TOKEN_ID_KEY, TOKEN_SCOPE_GROUP_KEY,
     TOKEN_SCOPE_NODE_KEY, TOKEN_SECRET_HASH_KEY, TOKEN_SECRET_PREFIX, TOKEN_SECRET_TYPE,
-    TOKEN_USAGE_KEY, TOKEN_USED_BY_ANNOTATION, constant_time_eq, sha256_hex,
+    TOKEN_USAGE_KEY, constant_time_eq, sha256_hex,
 };
 use http::StatusCode;
 use k8s_openapi::ByteString;
@@ -260,8 +260,8 @@ async fn bootstrap_checked(hub: &Hub, ids: &Identities, request: &BootstrapReque
     };
     let auto = auto_approval(&scope, node, labels.as_ref(), existing.as_ref(), &key);
     let outcome = issue(hub, ids, node, &key, &request.csr, &token.id, auto).await;
-    if matches!(outcome, Outcome::Issued(_)) {
-        note_use(&secrets, secret.as_ref(), node).await;
+    if let (Outcome::Issued(_), Some(secret)) = (&outcome, secret.as_ref()) {
+        ids.token_use.note(&secrets, secret, node);
     }
     outcome
 }
@@ -278,48 +278,24 @@ async fn issue(
 ) -> Outcome {
     let api: Api<CertificateSigningRequest> = Api::all(hub.client.clone());
     let name = csr_name(node, key);
-    let mut csr = match api.get_opt(&name).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            let pending_reason = auto.as_ref().err().cloned().unwrap_or_default();
-            let new = CertificateSigningRequest {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/part-of".into(),
-                        "edgefleet".into(),
-                    )])),
-                    annotations: Some(BTreeMap::from([
-                        ("edgefleet.io/node".to_string(), node.to_string()),
-                        ("edgefleet.io/token-id".to_string(), token_id.to_string()),
-                        (
-                            "edgefleet.io/needs-approval-because".to_string(),
-                            pending_reason,
-                        ),
-                    ])),
-                    ..Default::default()
-                },
-                spec: CertificateSigningRequestSpec {
-                    request: ByteString(csr_pem.as_bytes().to_vec()),
-                    signer_name: SIGNER_NAME.to_string(),
-                    usages: Some(vec!["digital signature".into(), "client auth".into()]),
-                    // The API's floor is 10 minutes; shorter lifetimes (tests) are the hub's
-                    // flag, applied when signing.
-                    expiration_seconds: i32::try_from(ids.cert_lifetime.as_secs().max(600)).ok(),
-                    ..Default::default()
-                },
-                status: None,
-            };
-            match api.create(&PostParams::default(), &new).await {
-                Ok(c) => c,
-                Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
-                    Ok(c) => c,
-                    Err(e) => return unavailable("reading the CSR", &e),
-                },
-                Err(e) => return unavailable("creating the CSR", &e),
-            }
-        }
-        Err(e) => return unavailable("reading the CSR", &e),
+    // Create first, read only on 409: a first enrolment (the common case, a fleet coming up)
+    // costs one call instead of a 404 read plus the create; a retry finds its CSR by the 409.
+    let pending_reason = auto.as_ref().err().cloned().unwrap_or_default();
+    let new = new_csr(
+        &name,
+        node,
+        token_id,
+        csr_pem,
+        pending_reason,
+        ids.cert_lifetime,
+    );
+    let mut csr = match api.create(&PostParams::default(), &new).await {
+        Ok(c) => c,
+        Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
+            Ok(c) => c,
+            Err(e) => return unavailable("reading the CSR", &e),
+        },
+        Err(e) => return unavailable("creating the CSR", &e),
     };
     if csr.spec.signer_name != SIGNER_NAME {
         return refused(
@@ -354,6 +330,45 @@ async fn issue(
         };
     }
     sign(hub, ids, &api, csr, node, key, token_id).await
+}
+
+/// The CSR object for one enrolment; `pending_reason` is empty when the hub approves it itself.
+fn new_csr(
+    name: &str,
+    node: &str,
+    token_id: &str,
+    csr_pem: &str,
+    pending_reason: String,
+    cert_lifetime: std::time::Duration,
+) -> CertificateSigningRequest {
+    CertificateSigningRequest {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".into(),
+                "edgefleet".into(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                ("edgefleet.io/node".to_string(), node.to_string()),
+                ("edgefleet.io/token-id".to_string(), token_id.to_string()),
+                (
+                    "edgefleet.io/needs-approval-because".to_string(),
+                    pending_reason,
+                ),
+            ])),
+            ..Default::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(csr_pem.as_bytes().to_vec()),
+            signer_name: SIGNER_NAME.to_string(),
+            usages: Some(vec!["digital signature".into(), "client auth".into()]),
+            // The API's floor is 10 minutes; shorter lifetimes (tests) are the hub's
+            // flag, applied when signing.
+            expiration_seconds: i32::try_from(cert_lifetime.as_secs().max(600)).ok(),
+            ..Default::default()
+        },
+        status: None,
+    }
 }
 
 async fn approve(
@@ -462,39 +477,6 @@ async fn sign(
 fn edgefleet_channel_der(pem: &str) -> Option<Vec<u8>> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     Some(p.contents)
-}
-
-/// Notes on the token Secret which nodes it bootstrapped (the last few), best effort.
-async fn note_use(secrets: &Api<Secret>, secret: Option<&Secret>, node: &str) {
-    let Some(secret) = secret else { return };
-    let Some(name) = secret.metadata.name.as_deref() else {
-        return;
-    };
-    let mut used: Vec<String> = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(TOKEN_USED_BY_ANNOTATION))
-        .map(|s| {
-            s.split(',')
-                .filter(|x| !x.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    if used.iter().any(|u| u == node) {
-        return;
-    }
-    used.push(node.to_string());
-    let keep = used.len().saturating_sub(10);
-    let value = used[keep..].join(",");
-    let patch = serde_json::json!({"metadata": {"annotations": {TOKEN_USED_BY_ANNOTATION: value}}});
-    if let Err(e) = secrets
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        tracing::debug!(error = %e, "noting the token's use");
-    }
 }
 
 /// `POST /v1/renew` by `peer` (already admitted: active record, same key): a fresh certificate

@@ -12,6 +12,7 @@
 //! | [`identity`] | the CA Secret, node certificates, TLS config, CN checks |
 //! | [`enroll`] | join tokens, CSR API approval and signing, renewal |
 //! | [`records`] | one identity per node: records, session admission, revocation |
+//! | [`token_use`] | which nodes a join token bootstrapped, one patch per token at a time |
 //! | [`limit`] | token buckets for the bootstrap endpoint |
 //! | [`report`] | the load report ConfigMap |
 //! | [`release`] | carrying out the balancer's release order: out of rotation, close, back |
@@ -41,6 +42,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod token_use;
 pub mod wire;
 
 /// Locks a mutex, recovering the data of a poisoned one (a panicking holder cannot leave these

@@ -133,6 +133,8 @@ pub struct Identities {
     pub enrolling: tokio::sync::Semaphore,
     pub metrics: IdentityMetrics,
     pub cert_lifetime: Duration,
+    /// Which nodes each join token bootstrapped, written coalesced.
+    pub token_use: crate::token_use::TokenUse,
     /// The watch listed every record once: sessions are admitted from the cache from now on
     /// (before, each would cost a GET — a reconnect storm after a restart must not).
     synced: std::sync::atomic::AtomicBool,
@@ -154,6 +156,7 @@ impl Identities {
             enrolling: tokio::sync::Semaphore::new(enrolments_in_flight.max(1)),
             metrics,
             cert_lifetime,
+            token_use: crate::token_use::TokenUse::default(),
             synced: std::sync::atomic::AtomicBool::new(false),
         }
     }
