@@ -144,6 +144,16 @@ struct Cli {
     )]
     device_writes_per_second: u32,
 
+    /// Device status writes in flight at once (a write waits for the API server's answer; the
+    /// budget above bounds the rate, this the concurrency it takes to reach it).
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_DEVICE_WRITERS",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    device_writers: u16,
+
     /// An unchanged reported value is written again (fresh timestamp) after this many seconds.
     #[arg(
         long,
@@ -191,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             pending_max: cli.device_pending_max.max(1),
             refresh: Duration::from_secs(cli.device_refresh_seconds),
             writes_per_second: cli.device_writes_per_second,
+            writers: usize::from(cli.device_writers),
             ..Default::default()
         },
     };

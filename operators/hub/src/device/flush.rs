@@ -40,6 +40,9 @@ pub async fn run(hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(settings.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut budget = Budget::new(settings.writes_per_second, Instant::now());
+    let queued_max = usize::try_from(settings.writes_per_second)
+        .unwrap_or(usize::MAX)
+        .max(settings.writers);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -47,19 +50,25 @@ pub async fn run(hub: Arc<Hub>) {
         }
         let now = Instant::now();
         forget_old_writes(&hub.devices, now);
-        let limit = budget.available(now).min(writers.available_permits());
-        let entries = lock(&hub.devices.board).take_ready(limit);
+        // Taken this tick: what the budget allows, and no more than a second's worth waiting
+        // for a writer or being written. The writers start them as fast as the API server
+        // answers (taking only as many as were free would cap the rate at `writers` per tick
+        // — 16 writes/s at the default flush, whatever the budget); a device in flight is not
+        // taken again, so each gets at most one write per tick.
+        let entries = {
+            let mut board = lock(&hub.devices.board);
+            let room = queued_max.saturating_sub(board.in_flight());
+            board.take_ready(budget.available(now).min(room))
+        };
         budget.spend(entries.len());
         for (key, entry) in entries {
-            let Ok(permit) = writers.clone().try_acquire_owned() else {
-                // Counted above: cannot happen; put back rather than lose the reports.
-                lock(&hub.devices.board).put_back(key, entry);
-                continue;
-            };
-            let hub = hub.clone();
+            let (hub, writers) = (hub.clone(), writers.clone());
             tokio::spawn(async move {
-                write(&hub, key, entry).await;
-                drop(permit);
+                match writers.acquire_owned().await {
+                    Ok(_permit) => write(&hub, key, entry).await,
+                    // The semaphore is never closed; give the reports back rather than lose them.
+                    Err(_) => lock(&hub.devices.board).put_back(key, entry),
+                }
             });
         }
         let left = lock(&hub.devices.board).len();
