@@ -30,12 +30,14 @@ use crate::balancer_bed::{Bed, HUBS, PERIOD, Sample, lock, pod_ready, ramp_time,
 
 const P: Duration = Duration::from_secs(PERIOD);
 
-// Not yet green at 3,000 agents on the shared 2-core bed. Fixed so far: the balancer's Lease
-// (kit confirms renewals over 3/4 of the grace, the bed runs the chart's 15/5) and the hub
-// pods' readiness (failure threshold 2, as the chart). Still open (2026-12-03, load average
-// ~30 from five clusters and builds): the API server answered hub writes in > 5 s and the
-// fleet enrolled ~340 agents in 4 min, so the 12-min ramp cannot hold 3,000. Run it with
-// `-- --ignored`.
+// Not yet green in make test (2026-12-03 fresh-clone rehearsal, 3,000 agents, 4 e2e threads):
+// the fleet enrolled and connected, the hub-restart round passed (1500/0/1500 → 1000/958/1000
+// in 16 s, released exactly the minimum 1,000, no order for 5 periods, fake reports ignored, no
+// node NotReady) and the rolling restart drew no order while it ran; then its round failed the
+// judge: "released 1000, more than 1.1 × the minimum 95" — the minimum came from the last
+// sample before the order, taken mid-reconnect (two hubs reporting, 434 sessions of 3,000).
+// To do: judge a round's minimum from a sample with every hub reporting and the total settled
+// (or from the HubBalancer's status at the order), then un-ignore.
 #[ignore = "balancer e2e: not yet green on the loaded bed (issue 13); run with --ignored"]
 #[tokio::test]
 async fn hubs_come_back_even_behind_haproxy_without_oscillation_or_a_second_release() -> Result<()>
