@@ -282,7 +282,9 @@ def table(on_path, off_path):
         ("pre-pull duration mean, operator", "operator_prepull_mean", " s", False),
         ("new pods started from the node's cache", "new_from_cache", "", False),
         ("API requests per target", "api_requests_per_target", "", True),
+        ("operator RSS, caches synced (before the job)", "operator_synced_rss_mib", " MiB", False),
         ("operator peak RSS (VmHWM)", "operator_peak_rss_mib", " MiB", True),
+        ("operator RSS when the job completed", "operator_end_rss_mib", " MiB", False),
     ]
     head = ("metric", "pre-pull on", "pre-pull off", "off / on")
     lines = [head]

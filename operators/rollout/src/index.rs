@@ -12,13 +12,12 @@
 //! whole events, never left half-written by a panic between two statements that matter.
 
 use edgefleet_api::rollout::keys;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::snapshot::intended_node;
+use crate::cached::CachedPod;
 
 /// `(namespace, name)` of a pod.
 pub type PodKey = (String, String);
@@ -42,7 +41,7 @@ impl WorkloadKey {
 
     /// The workload controlling a pod: its controller owner, a ReplicaSet read as the
     /// Deployment it belongs to.
-    pub fn of_pod(pod: &Pod) -> Option<Self> {
+    pub fn of_pod(pod: &CachedPod) -> Option<Self> {
         let ns = pod.namespace()?;
         let owner = pod
             .owner_references()
@@ -66,17 +65,17 @@ struct Entries {
     node: Option<String>,
 }
 
-fn entries(pod: &Pod) -> Entries {
+fn entries(pod: &CachedPod) -> Entries {
     Entries {
         workload: WorkloadKey::of_pod(pod),
         job: pod.labels().get(keys::JOB_UID_LABEL).cloned(),
-        node: pod.spec.as_ref().and_then(intended_node),
+        node: pod.intended_node(),
     }
 }
 
 #[derive(Default)]
 struct Maps {
-    pods: HashMap<PodKey, Arc<Pod>>,
+    pods: HashMap<PodKey, Arc<CachedPod>>,
     by_workload: HashMap<WorkloadKey, HashSet<PodKey>>,
     by_job: HashMap<String, HashSet<PodKey>>,
     by_node: HashMap<String, HashSet<PodKey>>,
@@ -96,7 +95,7 @@ fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<PodKey>>, k: &K,
 }
 
 impl Maps {
-    fn insert(&mut self, pod: Arc<Pod>) {
+    fn insert(&mut self, pod: Arc<CachedPod>) {
         let key = key_of(&pod);
         self.remove(&key);
         let e = entries(&pod);
@@ -112,7 +111,7 @@ impl Maps {
         self.pods.insert(key, pod);
     }
 
-    fn remove(&mut self, key: &PodKey) -> Option<Arc<Pod>> {
+    fn remove(&mut self, key: &PodKey) -> Option<Arc<CachedPod>> {
         let old = self.pods.remove(key)?;
         let e = entries(&old);
         if let Some(w) = &e.workload {
@@ -127,7 +126,7 @@ impl Maps {
         Some(old)
     }
 
-    fn get_all<'a>(&'a self, keys: Option<&'a HashSet<PodKey>>) -> Vec<Arc<Pod>> {
+    fn get_all<'a>(&'a self, keys: Option<&'a HashSet<PodKey>>) -> Vec<Arc<CachedPod>> {
         keys.into_iter()
             .flatten()
             .filter_map(|k| self.pods.get(k).cloned())
@@ -135,7 +134,7 @@ impl Maps {
     }
 }
 
-fn key_of(pod: &Pod) -> PodKey {
+fn key_of(pod: &CachedPod) -> PodKey {
     (pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
@@ -150,7 +149,7 @@ struct Inner {
 /// What an event changed, for the wake-up path: the pods before and after.
 pub enum Change {
     /// One pod added, updated or deleted: its old version (if any) and its new one (if any).
-    Pod(Option<Arc<Pod>>, Option<Arc<Pod>>),
+    Pod(Option<Arc<CachedPod>>, Option<Arc<CachedPod>>),
     /// A relist finished: anything may have changed.
     Relisted,
     /// Nothing a reader sees yet (a relist in progress).
@@ -174,7 +173,7 @@ impl PodIndex {
     }
 
     /// Applies one watcher event; says what changed.
-    pub fn apply(&self, event: watcher::Event<Pod>) -> Change {
+    pub fn apply(&self, event: watcher::Event<CachedPod>) -> Change {
         let mut inner = self.write();
         match event {
             watcher::Event::Apply(pod) => {
@@ -222,19 +221,19 @@ impl PodIndex {
     }
 
     /// The pods a workload controls (for a Deployment: through its ReplicaSets).
-    pub fn of_workload(&self, key: &WorkloadKey) -> Vec<Arc<Pod>> {
+    pub fn of_workload(&self, key: &WorkloadKey) -> Vec<Arc<CachedPod>> {
         let inner = self.read();
         inner.live.get_all(inner.live.by_workload.get(key))
     }
 
     /// The pods labelled with a job's uid (its pre-pull pods).
-    pub fn of_job(&self, job_uid: &str) -> Vec<Arc<Pod>> {
+    pub fn of_job(&self, job_uid: &str) -> Vec<Arc<CachedPod>> {
         let inner = self.read();
         inner.live.get_all(inner.live.by_job.get(job_uid))
     }
 
     /// The pods bound (or pinned) to a node.
-    pub fn on_node(&self, node: &str) -> Vec<Arc<Pod>> {
+    pub fn on_node(&self, node: &str) -> Vec<Arc<CachedPod>> {
         let inner = self.read();
         inner.live.get_all(inner.live.by_node.get(node))
     }
@@ -253,7 +252,7 @@ impl PodIndex {
 mod tests {
     use super::*;
 
-    fn pod(name: &str, owner: (&str, &str), labels: serde_json::Value, node: &str) -> Pod {
+    fn pod(name: &str, owner: (&str, &str), labels: serde_json::Value, node: &str) -> CachedPod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns", "labels": labels,
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner.0, "name": owner.1,
@@ -263,7 +262,7 @@ mod tests {
         .unwrap()
     }
 
-    fn names(pods: Vec<Arc<Pod>>) -> Vec<String> {
+    fn names(pods: Vec<Arc<CachedPod>>) -> Vec<String> {
         let mut n: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
         n.sort();
         n

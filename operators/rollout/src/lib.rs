@@ -3,7 +3,7 @@
 //!
 //! | step | module |
 //! |---|---|
-//! | what wakes a job: cache events → jobs, at most once a second | [`wake`], [`index`] (pods by workload, job, node) |
+//! | what wakes a job: cache events → jobs, at most once a second | [`wake`], [`index`] (pods by workload, job, node), [`cached`] (what a cached pod or node keeps) |
 //! | read the cluster into targets | [`snapshot`] |
 //! | decide (pure) | [`plan`], [`prepull`] (pod shape, pull outcome), [`workload`] (patches) |
 //! | act | [`act`] |
@@ -13,6 +13,7 @@
 
 pub mod act;
 pub mod behind;
+pub mod cached;
 pub mod controller;
 pub mod error;
 pub mod index;

@@ -7,13 +7,15 @@
 //! pulling stage — never from an exit code, and no `/bin/true` is assumed in the image.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerStatus, LocalObjectReference, Pod, PodSecurityContext,
-    PodSpec, SeccompProfile, SecurityContext, Toleration,
+    Capabilities, Container, LocalObjectReference, Pod, PodSecurityContext, PodSpec,
+    SeccompProfile, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeMap;
 
 use edgefleet_api::rollout::keys;
+
+use crate::cached::{CachedContainerStatus, CachedPod};
 
 /// Name of the one container of a pre-pull pod.
 pub const CONTAINER: &str = "prepull";
@@ -183,7 +185,7 @@ const PULL_FAILURES: &[&str] = &[
 ];
 
 /// Reads the pull's outcome from a pre-pull pod's status.
-pub fn pull_state(pod: &Pod) -> PullState {
+pub fn pull_state(pod: &CachedPod) -> PullState {
     let status = pod.status.as_ref();
     let container = status
         .and_then(|s| s.container_statuses.as_ref())
@@ -203,7 +205,7 @@ pub fn pull_state(pod: &Pod) -> PullState {
     }
 }
 
-fn container_pull_state(c: &ContainerStatus) -> Option<PullState> {
+fn container_pull_state(c: &CachedContainerStatus) -> Option<PullState> {
     // The kubelet fills imageID once the image is on the node.
     if !c.image_id.is_empty() {
         return Some(PullState::Pulled);
@@ -244,7 +246,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod_with(container_status: serde_json::Value, phase: &str) -> Pod {
+    fn pod_with(container_status: serde_json::Value, phase: &str) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "status": {"phase": phase, "containerStatuses": [container_status]}
@@ -321,9 +323,10 @@ mod tests {
 
     #[test]
     fn an_unbound_pod_is_pulling_and_a_deadline_kill_is_a_failure() {
-        let unbound: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        let unbound: CachedPod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
         assert_eq!(pull_state(&unbound), PullState::Pulling);
-        let killed: Pod = serde_json::from_value(json!({
+        let killed: CachedPod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": "too slow"}
         }))

@@ -8,10 +8,10 @@
 //! never touches them (figures recomputed from released workloads, their marks gone, once
 //! moved backwards), and whoever waits for `Complete` finds the workloads already back.
 
+use crate::cached::{CachedNode, CachedPod};
 use edgefleet_api::rollout::{RolloutJob, RolloutJobSpec, RolloutJobStatus, RolloutPhase};
 use edgefleet_kit::{ConditionStatus, set_condition};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action as Requeue;
@@ -335,10 +335,10 @@ fn read_targets(
     ctx: &Context,
     run: &Run<'_>,
     workloads: &[Workload],
-) -> (Vec<Target>, Vec<String>, Vec<Arc<Pod>>) {
+) -> (Vec<Target>, Vec<String>, Vec<Arc<CachedPod>>) {
     let (job, direction) = (run.job, &run.direction);
     // Only the job's own pods, from the index: its workloads' pods and its pre-pull pods.
-    let mut all_pods: Vec<Arc<Pod>> = ctx
+    let mut all_pods: Vec<Arc<CachedPod>> = ctx
         .pods
         .of_job(&run.uid)
         .into_iter()
@@ -394,11 +394,11 @@ fn read_targets(
 }
 
 /// The cached nodes these pods are bound (or pinned) to, or pre-pulling for.
-fn nodes_of(ctx: &Context, pods: &[Arc<Pod>]) -> HashMap<String, Arc<Node>> {
+fn nodes_of(ctx: &Context, pods: &[Arc<CachedPod>]) -> HashMap<String, Arc<CachedNode>> {
     let mut nodes = HashMap::new();
     for pod in pods {
         let names = [
-            pod.spec.as_ref().and_then(snapshot::intended_node),
+            pod.intended_node(),
             pod.annotations()
                 .get(edgefleet_api::rollout::keys::NODE_ANNOTATION)
                 .cloned(),

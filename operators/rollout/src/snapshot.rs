@@ -4,11 +4,11 @@
 use edgefleet_api::rollout::{RolloutJob, keys};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::cached::{CachedNode, CachedPod};
 use crate::plan::{Direction, NodePull, Outcome, OutcomeKind, PodView, PrePullView, Slot, Target};
 use crate::prepull;
 
@@ -39,16 +39,8 @@ pub fn container_image(
         .and_then(|c| c.image.clone())
 }
 
-/// Is the node Ready?
-pub fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Does the node carry every label of `selector`?
-pub fn node_matches(node: &Node, selector: Option<&BTreeMap<String, String>>) -> bool {
+pub fn node_matches(node: &CachedNode, selector: Option<&BTreeMap<String, String>>) -> bool {
     let Some(selector) = selector else {
         return true;
     };
@@ -120,7 +112,7 @@ fn marks(annotations: &BTreeMap<String, String>, job_uid: &str, dir: &Direction)
 }
 
 /// Since when the pod is Ready, if it is.
-fn ready_since(pod: &Pod) -> Option<Timestamp> {
+fn ready_since(pod: &CachedPod) -> Option<Timestamp> {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -129,7 +121,7 @@ fn ready_since(pod: &Pod) -> Option<Timestamp> {
 }
 
 /// A workload pod as the plan sees it.
-pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> PodView {
+pub fn pod_view(pod: &CachedPod, container: &str, job_uid: &str, dir: &Direction) -> PodView {
     let (batch, chosen_at, outcome) = marks(pod.annotations(), job_uid, dir);
     let ready_since = ready_since(pod);
     PodView {
@@ -138,7 +130,8 @@ pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> P
         image: pod
             .spec
             .as_ref()
-            .and_then(|s| container_image(&s.containers, container))
+            .and_then(|s| s.containers.iter().find(|c| c.name == container))
+            .and_then(|c| c.image.clone())
             .unwrap_or_default(),
         created: time_of(pod.metadata.creation_timestamp.as_ref()).unwrap_or_default(),
         ready_since,
@@ -150,7 +143,7 @@ pub fn pod_view(pod: &Pod, container: &str, job_uid: &str, dir: &Direction) -> P
 }
 
 /// A pre-pull pod as the plan sees it.
-pub fn prepull_view(pod: &Pod, job_uid: &str, dir: &Direction) -> PrePullView {
+pub fn prepull_view(pod: &CachedPod, job_uid: &str, dir: &Direction) -> PrePullView {
     let annotations = pod.annotations();
     PrePullView {
         name: pod.name_any(),
@@ -177,12 +170,12 @@ pub fn prepull_view(pod: &Pod, job_uid: &str, dir: &Direction) -> PrePullView {
 /// `TARGET_SLOT_ANNOTATION` for the others — (the newest attempt per slot), and those of the
 /// other direction (to clean up).
 pub fn prepull_pods<'a>(
-    pods: &'a [Arc<Pod>],
+    pods: &'a [Arc<CachedPod>],
     job: &RolloutJob,
     direction: &Direction,
-) -> (HashMap<String, &'a Pod>, Vec<&'a Pod>) {
+) -> (HashMap<String, &'a CachedPod>, Vec<&'a CachedPod>) {
     let uid = job.uid().unwrap_or_default();
-    let mut by_node: HashMap<String, &Pod> = HashMap::new();
+    let mut by_node: HashMap<String, &CachedPod> = HashMap::new();
     let mut other = Vec::new();
     for pod in pods {
         let labels = pod.labels();
@@ -205,7 +198,7 @@ pub fn prepull_pods<'a>(
         else {
             continue;
         };
-        let attempt = |p: &Pod| -> i32 {
+        let attempt = |p: &CachedPod| -> i32 {
             p.annotations()
                 .get(keys::ATTEMPT_ANNOTATION)
                 .and_then(|a| a.parse().ok())
@@ -225,7 +218,8 @@ pub fn prepull_pods<'a>(
     (by_node, other)
 }
 
-pub use edgefleet_kit::pods::intended_node;
+#[cfg(test)]
+use edgefleet_kit::pods::intended_node;
 
 /// The labels a DaemonSet's pods require of their node (its template's `nodeSelector`).
 fn daemonset_node_selector(ds: &DaemonSet) -> Option<&BTreeMap<String, String>> {
@@ -247,9 +241,9 @@ pub fn daemonset_targets(
     image: &str,
     dir: &Direction,
     job: &RolloutJob,
-    pods: &[Arc<Pod>],
-    nodes: &HashMap<String, Arc<Node>>,
-    prepulls: &HashMap<String, &Pod>,
+    pods: &[Arc<CachedPod>],
+    nodes: &HashMap<String, Arc<CachedNode>>,
+    prepulls: &HashMap<String, &CachedPod>,
 ) -> Vec<Target> {
     let uid = job.uid().unwrap_or_default();
     let ds_uid = ds.uid().unwrap_or_default();
@@ -258,13 +252,13 @@ pub fn daemonset_targets(
     let node_selector = job.spec.node_selector.as_ref();
 
     // The workload's pod per node: a live one over a terminating one.
-    let mut by_node: BTreeMap<String, &Pod> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, &CachedPod> = BTreeMap::new();
     for pod in pods {
         let owned = pod
             .owner_references()
             .iter()
             .any(|o| o.uid == ds_uid && o.controller == Some(true));
-        let Some(node) = pod.spec.as_ref().and_then(intended_node) else {
+        let Some(node) = pod.intended_node() else {
             continue;
         };
         if !owned {
@@ -316,7 +310,7 @@ pub fn daemonset_targets(
             group: group_by
                 .and_then(|key| node.and_then(|n| n.labels().get(key).cloned()))
                 .unwrap_or_default(),
-            node_ready: node.is_some_and(|n| node_ready(n)),
+            node_ready: node.is_some_and(|n| n.ready()),
             current: pod,
             prepull,
             slot: Slot::Node,
@@ -326,7 +320,7 @@ pub fn daemonset_targets(
 }
 
 /// Pods a workload controls (directly, or through its ReplicaSets for a Deployment).
-fn owned_pods<'a>(pods: &'a [Arc<Pod>], owner_uids: &[String]) -> Vec<&'a Pod> {
+fn owned_pods<'a>(pods: &'a [Arc<CachedPod>], owner_uids: &[String]) -> Vec<&'a CachedPod> {
     pods.iter()
         .filter(|p| {
             p.owner_references()
@@ -341,7 +335,7 @@ fn owned_pods<'a>(pods: &'a [Arc<Pod>], owner_uids: &[String]) -> Vec<&'a Pod> {
 /// nodes' groupBy values, so a workload spanning groups goes with the first one.
 fn workload_group<'a>(
     pod_nodes: impl Iterator<Item = &'a String>,
-    nodes: &HashMap<String, Arc<Node>>,
+    nodes: &HashMap<String, Arc<CachedNode>>,
     group_by: Option<&str>,
 ) -> String {
     let Some(key) = group_by else {
@@ -357,7 +351,7 @@ fn workload_group<'a>(
 /// whole, so it is a target only when every node its pods run on is in the node group.
 fn all_match<'a>(
     mut pod_nodes: impl Iterator<Item = &'a String>,
-    nodes: &HashMap<String, Arc<Node>>,
+    nodes: &HashMap<String, Arc<CachedNode>>,
     selector: Option<&BTreeMap<String, String>>,
 ) -> bool {
     // A node the cache does not know cannot be shown to match: never widen the selector.
@@ -386,14 +380,14 @@ pub fn statefulset_targets(
     image: &str,
     dir: &Direction,
     job: &RolloutJob,
-    pods: &[Arc<Pod>],
-    nodes: &HashMap<String, Arc<Node>>,
-    prepulls: &HashMap<String, &Pod>,
+    pods: &[Arc<CachedPod>],
+    nodes: &HashMap<String, Arc<CachedNode>>,
+    prepulls: &HashMap<String, &CachedPod>,
 ) -> Vec<Target> {
     let uid = job.uid().unwrap_or_default();
     let name = sts.name_any();
     let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let mut by_ordinal: BTreeMap<i32, &Pod> = BTreeMap::new();
+    let mut by_ordinal: BTreeMap<i32, &CachedPod> = BTreeMap::new();
     for pod in owned_pods(pods, &[sts.uid().unwrap_or_default()]) {
         let Some(ordinal) = ordinal_of(&pod.name_any(), &name) else {
             continue;
@@ -437,7 +431,7 @@ pub fn statefulset_targets(
             .unwrap_or_default();
         targets.push(Target {
             workload: format!("StatefulSet/{name}"),
-            node_ready: nodes.get(&node).is_some_and(|n| node_ready(n)),
+            node_ready: nodes.get(&node).is_some_and(|n| n.ready()),
             node,
             image: image.to_string(),
             group: group.clone(),
@@ -455,7 +449,7 @@ pub fn statefulset_targets(
 
 /// Is the pod one of the Deployment's? Its ReplicaSet owner is named `<deployment>-<its
 /// pod-template-hash>`, which tells `api` from `api-v2` without reading ReplicaSets.
-pub fn deployment_pod(pod: &Pod, deployment: &str) -> bool {
+pub fn deployment_pod(pod: &CachedPod, deployment: &str) -> bool {
     let Some(hash) = pod.labels().get("pod-template-hash") else {
         return false;
     };
@@ -487,13 +481,13 @@ pub fn deployment_target(
     image: &str,
     dir: &Direction,
     job: &RolloutJob,
-    pods: &[Arc<Pod>],
-    nodes: &HashMap<String, Arc<Node>>,
-    prepulls: &HashMap<String, &Pod>,
+    pods: &[Arc<CachedPod>],
+    nodes: &HashMap<String, Arc<CachedNode>>,
+    prepulls: &HashMap<String, &CachedPod>,
 ) -> Option<Target> {
     let uid = job.uid().unwrap_or_default();
     let name = d.name_any();
-    let live: Vec<&Pod> = pods
+    let live: Vec<&CachedPod> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && deployment_pod(p, &name))
         .map(AsRef::as_ref)
@@ -542,7 +536,7 @@ pub fn deployment_target(
         .iter()
         .map(|node| NodePull {
             node: node.clone(),
-            node_ready: nodes.get(node).is_some_and(|n| node_ready(n)),
+            node_ready: nodes.get(node).is_some_and(|n| n.ready()),
             prepull: prepulls
                 .get(&Slot::pull_key(&name, node))
                 .map(|p| prepull_view(p, &uid, dir)),
@@ -607,8 +601,8 @@ mod tests {
         assert_eq!(intended_node(&spec).as_deref(), Some("edge-0059"));
     }
 
-    fn node(name: &str, station: &str) -> (String, Arc<Node>) {
-        let n: Node = serde_json::from_value(serde_json::json!({
+    fn node(name: &str, station: &str) -> (String, Arc<CachedNode>) {
+        let n: CachedNode = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"station": station}},
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         }))
@@ -630,7 +624,7 @@ mod tests {
         .unwrap()
     }
 
-    fn ds_pod(ds: &str, node: &str) -> Arc<Pod> {
+    fn ds_pod(ds: &str, node: &str) -> Arc<CachedPod> {
         Arc::new(
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": format!("{ds}-{node}"), "namespace": "ns",
@@ -661,9 +655,9 @@ mod tests {
     /// 50, 70 targets for 30 nodes).
     #[test]
     fn a_swap_in_flight_belongs_only_to_daemonsets_that_run_on_its_node() {
-        let nodes: HashMap<String, Arc<Node>> =
+        let nodes: HashMap<String, Arc<CachedNode>> =
             [node("n1", "s1"), node("n2", "s2")].into_iter().collect();
-        let mut prepull: Pod = serde_json::from_value(serde_json::json!({
+        let mut prepull: CachedPod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "pp", "namespace": "ns",
                 "labels": {keys::JOB_UID_LABEL: "job-uid", keys::BATCH_LABEL: "1"},
                 "annotations": {keys::NODE_ANNOTATION: "n1", keys::SWAPPED_AT_ANNOTATION: "2026-11-21T10:00:00Z"}},
@@ -700,7 +694,7 @@ mod tests {
     /// is not a target.
     #[test]
     fn a_node_selector_never_admits_an_unknown_node() {
-        let nodes: HashMap<String, Arc<Node>> = [node("n1", "s1")].into_iter().collect();
+        let nodes: HashMap<String, Arc<CachedNode>> = [node("n1", "s1")].into_iter().collect();
         let pods = vec![ds_pod("a", "n1"), ds_pod("a", "ghost")];
         let targets = |job: &RolloutJob| -> Vec<String> {
             daemonset_targets(

@@ -15,7 +15,6 @@
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::{HashMap, HashSet};
@@ -25,8 +24,8 @@ use tokio::time::Instant;
 
 use edgefleet_api::rollout::{RolloutJob, keys};
 
+use crate::cached::{CachedNode, CachedPod};
 use crate::index::{PodIndex, WorkloadKey};
-use crate::snapshot::node_ready;
 
 pub type JobRef = ObjectRef<RolloutJob>;
 
@@ -133,7 +132,7 @@ impl Interest {
     }
 
     /// The jobs a pod concerns.
-    pub fn jobs_of_pod(&self, pod: &Pod) -> HashSet<JobRef> {
+    pub fn jobs_of_pod(&self, pod: &CachedPod) -> HashSet<JobRef> {
         let registry = self.registry();
         let mut jobs = HashSet::new();
         if let Some(w) = WorkloadKey::of_pod(pod)
@@ -152,7 +151,7 @@ impl Interest {
     }
 
     /// A pod changed: wake the jobs it concerns (before and after the change).
-    pub fn pod_changed(&self, old: Option<&Pod>, new: Option<&Pod>) {
+    pub fn pod_changed(&self, old: Option<&CachedPod>, new: Option<&CachedPod>) {
         let mut jobs = HashSet::new();
         for pod in [old, new].into_iter().flatten() {
             jobs.extend(self.jobs_of_pod(pod));
@@ -191,8 +190,8 @@ impl Interest {
 }
 
 /// Does a node event matter to a plan? Only its readiness and labels are read.
-pub fn node_moved(old: Option<&Node>, new: &Node) -> bool {
-    old.is_none_or(|old| node_ready(old) != node_ready(new) || old.labels() != new.labels())
+pub fn node_moved(old: Option<&CachedNode>, new: &CachedNode) -> bool {
+    old.is_none_or(|old| old.ready() != new.ready() || old.labels() != new.labels())
 }
 
 /// At most one wake per job per [`WAKE_INTERVAL`]: the first at once, the rest merged into
@@ -324,7 +323,7 @@ mod tests {
         assert!(th.offer(job("a"), ms(5000)).is_some(), "quiet for a second");
     }
 
-    fn pod(owner: &str, labels: serde_json::Value) -> Pod {
+    fn pod(owner: &str, labels: serde_json::Value) -> CachedPod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "ns", "labels": labels,
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": owner,
@@ -339,7 +338,7 @@ mod tests {
         let toll = WorkloadKey::new("ns", "DaemonSet", "toll");
         interest.holds(&job("a"), "uid-a", vec![toll.clone()]);
         interest.waits_for(&job("b"), "uid-b", vec![toll.clone()]);
-        let of = |p: &Pod| {
+        let of = |p: &CachedPod| {
             let mut j: Vec<String> = interest
                 .jobs_of_pod(p)
                 .into_iter()

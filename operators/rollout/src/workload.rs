@@ -16,7 +16,9 @@ use edgefleet_api::rollout::{WorkloadKind, keys};
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetUpdateStrategy, Deployment, StatefulSet, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Container;
+
+use crate::cached::CachedPod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -109,7 +111,7 @@ impl Object {
 /// pods must never be swapped by the workload's own controller. Deployments: none — the job
 /// patches a Deployment's template only after every node of it pulled, so its own rolling
 /// update never meets a node that did not pull.
-pub fn pods_behind(w: &Object, pods: &[std::sync::Arc<Pod>]) -> Vec<String> {
+pub fn pods_behind(w: &Object, pods: &[std::sync::Arc<CachedPod>]) -> Vec<String> {
     let Some(uid) = w.meta().uid.as_deref() else {
         return Vec::new();
     };
@@ -724,7 +726,7 @@ mod tests {
         assert_eq!(release_patch(&d, "someone-else", 0), None);
     }
 
-    fn pod(name: &str, node: &str, owner: &str, image: &str) -> std::sync::Arc<Pod> {
+    fn pod(name: &str, node: &str, owner: &str, image: &str) -> std::sync::Arc<CachedPod> {
         std::sync::Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "ownerReferences": [{
