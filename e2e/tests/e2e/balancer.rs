@@ -30,16 +30,6 @@ use crate::balancer_bed::{Bed, HUBS, PERIOD, Sample, lock, pod_ready, ramp_time,
 
 const P: Duration = Duration::from_secs(PERIOD);
 
-// Not yet green in make test (2026-12-03 fresh-clone rehearsal, 3,000 agents, 4 e2e threads):
-// the fleet enrolled and connected, the hub-restart round passed (1500/0/1500 → 1000/958/1000
-// in 16 s, released exactly the minimum 1,000, no order for 5 periods, fake reports ignored, no
-// node NotReady) and the rolling restart drew no order while it ran; then its round failed the
-// judge: "released 1000, more than 1.1 × the minimum 95" — the minimum came from the last
-// sample before the order, taken mid-reconnect (two hubs reporting, 434 sessions of 3,000).
-// The judge now takes a round's minimum from the last sample with every hub reporting and
-// the fleet connected; with it the test passed alone (415 s). To do: one loaded fresh-clone
-// rehearsal with it, then un-ignore.
-#[ignore = "balancer e2e: not yet green on the loaded bed (issue 13); run with --ignored"]
 #[tokio::test]
 async fn hubs_come_back_even_behind_haproxy_without_oscillation_or_a_second_release() -> Result<()>
 {
