@@ -12,6 +12,7 @@ pub mod mapper;
 pub mod operator;
 pub mod podlog;
 pub mod prometheus;
+pub mod writeload;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Namespace;

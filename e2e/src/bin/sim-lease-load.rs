@@ -15,6 +15,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use edgefleet_e2e::writeload::{self, Figures};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Namespace;
@@ -22,9 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(about = "Measures node-Lease renewals per second the API server takes")]
@@ -47,8 +47,6 @@ struct Cli {
 }
 
 const FIELD_MANAGER: &str = "sim-lease-load";
-/// As the hub's renewer: a write that has not finished by then failed.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn lease_name(i: usize) -> String {
     format!("lease-{i:06}")
@@ -91,66 +89,26 @@ async fn ensure_leases(api: &Api<Lease>, count: usize) -> Result<()> {
     Ok(())
 }
 
-struct Figures {
-    writes: usize,
-    errors: usize,
-    latencies: Vec<Duration>,
-}
-
-/// `writers` concurrent loops over the Leases for `seconds`.
+/// `writers` concurrent loops, writer `w` over Leases w, w + W, w + 2W, ...
 async fn measure(api: &Api<Lease>, leases: usize, writers: usize, seconds: u64) -> Figures {
-    let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let tasks = (0..writers).map(|_| {
-        let (api, next, params) = (api.clone(), next.clone(), params.clone());
-        tokio::spawn(async move {
-            let mut figures = Figures {
-                writes: 0,
-                errors: 0,
-                latencies: Vec::new(),
-            };
-            while Instant::now() < deadline {
-                let name = lease_name(next.fetch_add(1, Ordering::Relaxed) % leases);
+    writeload::measure(writers, seconds, |w| {
+        let (api, params) = (api.clone(), params.clone());
+        move |n: usize| {
+            let (api, params) = (api.clone(), params.clone());
+            async move {
+                let name = lease_name((w + n * writers) % leases);
                 let patch = json!({"spec": {"renewTime": MicroTime(jiff::Timestamp::now())}});
-                let started = Instant::now();
-                let patch = Patch::Merge(patch);
-                let write = api.patch(&name, &params, &patch);
-                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                    Ok(Ok(_)) => {
-                        figures.writes += 1;
-                        figures.latencies.push(started.elapsed());
-                    }
-                    _ => figures.errors += 1,
-                }
+                api.patch(&name, &params, &Patch::Merge(patch))
+                    .await
+                    .is_ok()
             }
-            figures
-        })
-    });
-    let mut all = Figures {
-        writes: 0,
-        errors: 0,
-        latencies: Vec::new(),
-    };
-    for done in futures::future::join_all(tasks).await {
-        let Ok(f) = done else { continue };
-        all.writes += f.writes;
-        all.errors += f.errors;
-        all.latencies.extend(f.latencies);
-    }
-    all.latencies.sort();
-    all
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i].as_secs_f64()
+        }
+    })
+    .await
 }
 
 #[tokio::main]
@@ -172,20 +130,14 @@ async fn main() -> Result<()> {
     }
     let api: Api<Lease> = Api::namespaced(client, &cli.namespace);
     ensure_leases(&api, cli.leases).await?;
-    println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>7}  (Lease merge patches, {} Leases, {} s each)",
-        "writers", "writes/s", "p50 s", "p99 s", "errors", cli.leases, cli.seconds
+    let what = format!(
+        "Lease merge patches, {} Leases, {} s each",
+        cli.leases, cli.seconds
     );
+    println!("{}", writeload::header(&what));
     for &writers in &cli.writers {
         let f = measure(&api, cli.leases, writers.max(1), cli.seconds).await;
-        println!(
-            "{:>8} {:>10.0} {:>9.3} {:>9.3} {:>7}",
-            writers,
-            f.writes as f64 / cli.seconds as f64,
-            quantile(&f.latencies, 0.5),
-            quantile(&f.latencies, 0.99),
-            f.errors
-        );
+        println!("{}", f.row(writers, cli.seconds));
     }
     if !cli.keep {
         namespaces
