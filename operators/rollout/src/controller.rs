@@ -2,9 +2,9 @@
 //! workloads; one reconcile step by step is [`crate::reconcile`].
 //!
 //! Pods are read from an indexed cache ([`PodIndex`]: by workload, by job, by node) and nodes
-//! from a reflector, both decoded into the few fields the plan reads ([`crate::cached`]: ~1 KiB
-//! a pod instead of ~12 KiB for a stripped `Pod`), and a reconcile reads only its own pods; workloads are listed per reconcile (few
-//! objects). Reconciles are driven by watches: a pod or node event wakes the jobs it concerns
+//! from a reflector, both decoded into the few fields the plan reads ([`crate::cached`]: a
+//! stripped `Pod` took ~12 KiB), and a reconcile reads only its own pods; workloads are listed
+//! per reconcile (few objects). Reconciles are driven by watches: a pod or node event wakes the jobs it concerns
 //! ([`crate::wake`]), at most once a second per job; the clock wakes a job only at the next
 //! deadline its plan knows (timeouts, minReadySeconds, offline waits, step pauses), at least
 //! every [`crate::reconcile::CLOCK_CEILING`].
