@@ -12,7 +12,7 @@
 # edge-agent and kubectl-edgefleet join this list when they land.
 ARG BINARIES="edgefleet-rollout edgefleet-objectsync edgefleet-device edgefleet-balancer edgefleet-hub edge-agent kubectl-edgefleet"
 # Workspace binaries deliberately left out: build-time and test tools.
-ARG NOT_SHIPPED="crdgen sim-image-cache sim-hub-kubelet sim-lease-load"
+ARG NOT_SHIPPED="crdgen sim-image-cache sim-hub-kubelet sim-lease-load sim-device-load"
 
 FROM docker.io/library/rust:1.95-slim-bookworm AS build
 ARG BINARIES
