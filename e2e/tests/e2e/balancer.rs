@@ -30,9 +30,6 @@ use crate::balancer_bed::{Bed, HUBS, PERIOD, Sample, lock, pod_ready, ramp_time,
 
 const P: Duration = Duration::from_secs(PERIOD);
 
-// Un-ignored in 7cc730f, but the rehearsal that would have run it under make test load stopped
-// earlier (release-check: the new sim-device-load binary unlisted). Passed alone on the bed.
-#[ignore = "balancer e2e: not yet run green under make test load (issue 13); run with --ignored"]
 #[tokio::test]
 async fn hubs_come_back_even_behind_haproxy_without_oscillation_or_a_second_release() -> Result<()>
 {

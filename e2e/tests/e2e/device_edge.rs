@@ -461,9 +461,14 @@ async fn device_edge_twin_round_trip_through_agents_and_hubs() {
     }
     hub1.restart().await.unwrap();
     hub2.restart().await.unwrap();
-    device_until(&devices, "the latest offline value", |d| {
-        reported(d, TEMP).as_deref() == Some("53.5")
-    })
+    // Judged on the watch, not a GET: a GET can see 53.5 before the watch has delivered it.
+    wait_for(
+        "the watch to see the latest offline value",
+        WAIT,
+        || async {
+            Ok((seen.lock().unwrap().last().map(String::as_str) == Some("53.5")).then_some(()))
+        },
+    )
     .await
     .unwrap();
     let after = seen_from(&seen, "41.5");
