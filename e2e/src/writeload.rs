@@ -2,7 +2,16 @@
 //! W concurrent writers, each over its own share of the objects, for a fixed time; writes/s
 //! and latency quantiles. Not a timed test: the binaries print what they measured.
 
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// As the hub's writers: a write that has not finished by then failed.
@@ -76,6 +85,67 @@ where
     }
     all.latencies.sort();
     all
+}
+
+/// Creates the benchmark's namespace unless it exists.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating namespace {name}")),
+    }
+}
+
+/// Deletes the benchmark's namespace and what is in it (in the background).
+pub async fn remove_namespace(client: &Client, name: &str) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::background())
+        .await
+        .with_context(|| format!("deleting namespace {name}"))?;
+    Ok(())
+}
+
+/// Creates objects `0..count` (`make(i)`), 64 at a time; one that exists already is kept.
+/// Prints how many there are and how long creating them took.
+pub async fn ensure_objects<K, M>(api: &Api<K>, count: usize, make: M)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    M: Fn(usize) -> Option<K>,
+{
+    let started = Instant::now();
+    let created = AtomicUsize::new(0);
+    let make = &make;
+    futures::stream::iter(0..count)
+        .for_each_concurrent(64, |i| {
+            let created = &created;
+            async move {
+                let Some(object) = make(i) else { return };
+                match api.create(&PostParams::default(), &object).await {
+                    Ok(_) => {
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => eprintln!("creating object {i}: {e}"),
+                }
+            }
+        })
+        .await;
+    eprintln!(
+        "{count} {} ready ({} created in {:.1} s)",
+        K::plural(&()),
+        created.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The `q` quantile of sorted durations, in seconds (NaN when empty).

@@ -20,15 +20,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use edgefleet_api::devices::Device;
 use edgefleet_e2e::writeload;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Kind {
@@ -71,41 +67,16 @@ fn device_name(i: usize) -> String {
     format!("device-{i:06}")
 }
 
-async fn ensure_devices(api: &Api<Device>, count: usize, properties: usize) -> Result<()> {
-    let started = Instant::now();
-    let created = AtomicUsize::new(0);
-    futures::stream::iter(0..count)
-        .for_each_concurrent(64, |i| {
-            let created = &created;
-            async move {
-                let device: Device = match serde_json::from_value(json!({
-                    "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
-                    "metadata": {"name": device_name(i)},
-                    "spec": {"deviceModelRef": {"name": "sensor"}, "nodeName": "edge-0000",
-                        "properties": (0..properties)
-                            .map(|p| json!({"name": format!("p{p}"), "reportToCloud": true}))
-                            .collect::<Vec<_>>()},
-                })) {
-                    Ok(d) => d,
-                    Err(e) => return eprintln!("a Device: {e}"),
-                };
-                match api.create(&PostParams::default(), &device).await {
-                    Ok(_) => {
-                        created.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => eprintln!("creating {}: {e}", device_name(i)),
-                }
-            }
-        })
-        .await;
-    eprintln!(
-        "{} Devices ready ({} created in {:.1} s)",
-        count,
-        created.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+fn device(i: usize, properties: usize) -> Option<Device> {
+    let device = serde_json::from_value(json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": device_name(i)},
+        "spec": {"deviceModelRef": {"name": "sensor"}, "nodeName": "edge-0000",
+            "properties": (0..properties)
+                .map(|p| json!({"name": format!("p{p}"), "reportToCloud": true}))
+                .collect::<Vec<_>>()},
+    }));
+    device.map_err(|e| eprintln!("a Device: {e}")).ok()
 }
 
 /// The status a write sends: every property's reported value is `value`.
@@ -201,21 +172,9 @@ async fn measure(cli: &Cli, api: &Api<Device>, kind: Kind, writers: usize) -> Re
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let client = Client::try_default().await.context("kubeconfig")?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(cli.namespace.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match namespaces.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e).context("creating the namespace"),
-    }
-    let api: Api<Device> = Api::namespaced(client, &cli.namespace);
-    ensure_devices(&api, cli.devices, cli.properties).await?;
+    writeload::ensure_namespace(&client, &cli.namespace).await?;
+    let api: Api<Device> = Api::namespaced(client.clone(), &cli.namespace);
+    writeload::ensure_objects(&api, cli.devices, |i| device(i, cli.properties)).await;
     let what = format!(
         "Device status writes, {} Devices x {} properties, {} s each; last column: patch",
         cli.devices, cli.properties, cli.seconds
@@ -227,10 +186,7 @@ async fn main() -> Result<()> {
         }
     }
     if !cli.keep {
-        namespaces
-            .delete(&cli.namespace, &DeleteParams::background())
-            .await
-            .context("deleting the namespace")?;
+        writeload::remove_namespace(&client, &cli.namespace).await?;
     }
     Ok(())
 }

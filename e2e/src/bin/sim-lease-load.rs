@@ -16,15 +16,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use edgefleet_e2e::writeload::{self, Figures};
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 #[derive(Parser)]
 #[command(about = "Measures node-Lease renewals per second the API server takes")]
@@ -52,41 +48,18 @@ fn lease_name(i: usize) -> String {
     format!("lease-{i:06}")
 }
 
-async fn ensure_leases(api: &Api<Lease>, count: usize) -> Result<()> {
-    let started = Instant::now();
-    let created = AtomicUsize::new(0);
-    futures::stream::iter(0..count)
-        .for_each_concurrent(64, |i| {
-            let created = &created;
-            async move {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(lease_name(i)),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(lease_name(i)),
-                        lease_duration_seconds: Some(40),
-                        ..Default::default()
-                    }),
-                };
-                match api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => {
-                        created.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => eprintln!("creating {}: {e}", lease_name(i)),
-                }
-            }
-        })
-        .await;
-    eprintln!(
-        "{} Leases ready ({} created in {:.1} s)",
-        count,
-        created.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+fn lease(i: usize) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(lease_name(i)),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(lease_name(i)),
+            lease_duration_seconds: Some(40),
+            ..Default::default()
+        }),
+    }
 }
 
 /// `writers` concurrent loops, writer `w` over Leases w, w + W, w + 2W, ...
@@ -115,21 +88,9 @@ async fn measure(api: &Api<Lease>, leases: usize, writers: usize, seconds: u64) 
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let client = Client::try_default().await.context("kubeconfig")?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(cli.namespace.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match namespaces.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e).context("creating the namespace"),
-    }
-    let api: Api<Lease> = Api::namespaced(client, &cli.namespace);
-    ensure_leases(&api, cli.leases).await?;
+    writeload::ensure_namespace(&client, &cli.namespace).await?;
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cli.namespace);
+    writeload::ensure_objects(&api, cli.leases, |i| Some(lease(i))).await;
     let what = format!(
         "Lease merge patches, {} Leases, {} s each",
         cli.leases, cli.seconds
@@ -140,10 +101,7 @@ async fn main() -> Result<()> {
         println!("{}", f.row(writers, cli.seconds));
     }
     if !cli.keep {
-        namespaces
-            .delete(&cli.namespace, &DeleteParams::background())
-            .await
-            .context("deleting the namespace")?;
+        writeload::remove_namespace(&client, &cli.namespace).await?;
     }
     Ok(())
 }
