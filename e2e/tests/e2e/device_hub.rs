@@ -4,19 +4,23 @@
 //! is resent to its node on spec changes only, never on a status write.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use edgefleet_api::devices::Device;
-use edgefleet_api::objectsync::sync_name;
+use edgefleet_api::objectsync::{ObjectSync, content_version, sync_name};
 use edgefleet_channel::Message;
 use edgefleet_channel::device::{
     BaseMessage, DeviceRoute, DeviceState, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate,
     MsgTwin, TwinValue, TwinVersion, TypeMetadata, ValueMetadata, report,
 };
-use edgefleet_e2e::edge::metrics;
+use edgefleet_e2e::edge::{http_get, metrics};
 use edgefleet_e2e::{TestNamespace, client, install_crds, wait_for};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -543,15 +547,17 @@ async fn device_reports_survive_a_hub_killed_mid_stream() {
     cleanup_nodes(&client, &[a]).await;
 }
 
-/// The operator's and the hub's status writes move a Device's resourceVersion; the edge must
-/// not get the Device again for that (only for spec changes). The sync's acked version keeps up
-/// with the live one without a message, so the objectsync operator asks for no resync.
+/// The operator's and the hub's status writes move a Device's resourceVersion. The edge must
+/// not get the Device again for that, and the Device's ObjectSync must not be written (it used
+/// to be, once per status write: the API server's busiest request under device load). The
+/// sync's acked content version (generation, labels, annotations) says the node holds it — also
+/// for a hub restarted after a status write it never saw. A spec change does reach the edge.
 #[tokio::test]
 async fn device_resent_on_spec_changes_only() {
     let client = client().await.unwrap();
     install_crds(&client).await.unwrap();
     let ns = TestNamespace::new(&client, "devhub-gen").await.unwrap();
-    let hub = Hub::start(&ns.name, &["--device-flush-ms=500"])
+    let mut hub = Hub::start(&ns.name, &["--device-flush-ms=500"])
         .await
         .unwrap();
     let edge = Edge::new(&client, &hub).await.unwrap();
@@ -562,34 +568,71 @@ async fn device_resent_on_spec_changes_only() {
     let uid = d.uid().unwrap();
     object_sync(&ns, &a, "Device", "valve", &uid).await.unwrap();
     let sync = sync_name(&a, &uid);
+    let syncs: Api<ObjectSync> = ns.api();
+    // Every acked version the sync's status ever shows, in order.
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let watch = {
+        let seen = seen.clone();
+        let config = watcher::Config::default().fields(&format!("metadata.name={sync}"));
+        tokio::spawn(
+            watcher(syncs.clone(), config)
+                .applied_objects()
+                .for_each(move |s| {
+                    if let Some(rv) = s.ok().and_then(|s| s.status?.object_resource_version) {
+                        let mut seen = seen.lock().unwrap();
+                        if seen.last() != Some(&rv) {
+                            seen.push(rv);
+                        }
+                    }
+                    futures::future::ready(())
+                }),
+        )
+    };
     let mut sa = edge.connect(&id_a, &a).await.unwrap();
     let resource = format!("{}/device/valve", ns.name);
     let first = sa.expect(&resource, Duration::from_secs(30)).await.unwrap();
     sa.ack(&first).await.unwrap();
     let rv0 = first.header.resource_version.clone();
+    let content_of = |m: &Message| {
+        let meta: ObjectMeta = serde_json::from_value(m.content["metadata"].clone()).unwrap();
+        content_version(&meta).unwrap()
+    };
+    let c0 = content_of(&first);
     wait_for(
-        "the first delivery acked",
+        "the first delivery acked with its content version",
         Duration::from_secs(30),
-        || async { Ok((acked(&ns, &sync).await?.as_deref() == Some(rv0.as_str())).then_some(())) },
+        || async {
+            let st = syncs.get(&sync).await?.status.unwrap_or_default();
+            Ok((st.object_resource_version.as_deref() == Some(rv0.as_str())
+                && st.object_content_version.as_deref() == Some(c0.as_str()))
+            .then_some(()))
+        },
     )
     .await
     .unwrap();
     let devices: Api<Device> = ns.api();
+    let operator_write = |synced: &'static str| {
+        let devices = devices.clone();
+        async move {
+            devices
+                .patch_status(
+                    "valve",
+                    &PatchParams::apply("edgefleet-device").force(),
+                    &Patch::Apply(json!({
+                        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+                        "status": {"syncedProperties": synced},
+                    })),
+                )
+                .await
+                .unwrap()
+                .resource_version()
+                .unwrap()
+        }
+    };
 
     // (what writes the status, how) — neither may bring the Device back to the edge.
     // 1. The operator's status write (its own field manager).
-    let patched = devices
-        .patch_status(
-            "valve",
-            &PatchParams::apply("edgefleet-device").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
-                "status": {"syncedProperties": "0/1"},
-            })),
-        )
-        .await
-        .unwrap();
-    let rv1 = patched.resource_version().unwrap();
+    let rv1 = operator_write("0/1").await;
     // 2. The hub's own write of a report.
     let reply = ask(&mut sa, &twin(&ns.name, "valve", "temp", "20", 1, now_ms()))
         .await
@@ -602,22 +645,45 @@ async fn device_resent_on_spec_changes_only() {
         .resource_version()
         .unwrap();
     assert_ne!(rv1, rv2);
-    // The acked version catches up with the live one, and in the meantime the edge got no
-    // message for the Device.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if acked(&ns, &sync).await.unwrap().as_deref() == Some(rv2.as_str()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "acked version never caught up");
-        if let Some(Got::Msg(m)) = sa.next(Duration::from_millis(250)).await {
+    // Nothing for the Device within a second of both writes.
+    let quiet = Instant::now() + Duration::from_secs(1);
+    while let Some(left) = quiet.checked_duration_since(Instant::now()) {
+        if let Some(Got::Msg(m)) = sa.next(left).await {
             assert_ne!(
                 m.route.resource, resource,
                 "the Device was resent after a status-only change: {m:?}"
             );
         }
     }
-    // A spec change does reach the edge.
+    // 3. A status write the hub never sees: it is down. Restarted, it has nothing in memory
+    // but the ObjectSync, and must not resend the Device on the new session.
+    hub.op.kill();
+    operator_write("1/1").await;
+    hub.restart().await.unwrap();
+    // Ready = its lists are in: a resend would be decided by now (no race with the spec change
+    // below superseding it in the queue).
+    let probe = hub.op.metrics_addr().await.unwrap().to_string();
+    wait_for(
+        "the restarted hub ready",
+        Duration::from_secs(60),
+        || async { Ok(matches!(http_get(&probe, "/readyz"), Ok((200, _))).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let mut sa = wait_for("a session again", Duration::from_secs(60), || async {
+        Ok(edge.connect(&id_a, &a).await.ok())
+    })
+    .await
+    .unwrap();
+    // Whatever the new session is sent at its start is sent now; the next Device message must
+    // be the spec change below.
+    if let Some(Got::Msg(m)) = sa.next(Duration::from_secs(1)).await {
+        assert_ne!(
+            m.route.resource, resource,
+            "the restarted hub resent the Device for a status write: {m:?}"
+        );
+    }
+    // A spec change does reach the edge, and is the first the new session gets of the Device.
     devices
         .patch(
             "valve",
@@ -628,12 +694,32 @@ async fn device_resent_on_spec_changes_only() {
         .await
         .unwrap();
     let update = sa.expect(&resource, Duration::from_secs(30)).await.unwrap();
-    assert_eq!(update.route.operation, "update");
     assert_eq!(
         update.content.pointer("/spec/properties/0/desired/value"),
-        Some(&Value::from("25"))
+        Some(&Value::from("25")),
+        "the first Device message after the restart is the spec change, not a status write: {update:?}"
     );
     sa.ack(&update).await.unwrap();
+    let rv4 = update.header.resource_version.clone();
+    let c4 = content_of(&update);
+    assert_ne!(c0, c4, "a spec change moves the content version");
+    wait_for("the update acked", Duration::from_secs(30), || async {
+        Ok((acked(&ns, &sync).await?.as_deref() == Some(rv4.as_str())).then_some(()))
+    })
+    .await
+    .unwrap();
+    let st = syncs.get(&sync).await.unwrap().status.unwrap_or_default();
+    assert_eq!(st.object_content_version.as_deref(), Some(c4.as_str()));
+    // The sync was written for the two deliveries only, never for a status write.
+    wait_for(
+        "the watch to see the last ack",
+        Duration::from_secs(30),
+        || async { Ok((seen.lock().unwrap().last() == Some(&rv4)).then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![rv0, rv4]);
+    watch.abort();
     drop(hub);
     cleanup_nodes(&client, &[a]).await;
 }

@@ -175,6 +175,44 @@ pub struct ObjectSyncStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
+
+    /// For kinds whose status the edge does not act on (Devices): the [`content_version`] of
+    /// the version the node acknowledged. A later version with the same content version differs
+    /// only in its status, so the node holds it already (edgefleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub object_content_version: Option<String>,
+}
+
+/// Kinds delivered by content: a change of their status alone is not delivered, and the
+/// node's copy counts as current while its [`content_version`] matches. A Device's status is
+/// written by the hub (reports) and the device operator (conditions); the edge acts on its
+/// spec and metadata only.
+pub const DELIVERED_BY_CONTENT: &[&str] = &["Device"];
+
+/// What the edge acts on in an object whose status it does not need, as a version:
+/// `<metadata.generation>-<FNV-1a 64 of its labels and annotations, hex>`. The API server
+/// moves the generation on every spec change (never on status writes) and never back, so two
+/// versions with equal content versions have the same spec; the digest covers labels and
+/// annotations (the device operator re-delivers Devices through an annotation). `None` without
+/// a generation: compare resourceVersions then.
+pub fn content_version(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    use std::hash::Hasher;
+    let generation = meta.generation?;
+    let mut h = fnv::FnvHasher::default();
+    // BTreeMaps: serialised in key order, the same bytes on every replica and version.
+    for map in [&meta.labels, &meta.annotations] {
+        for (k, v) in map.iter().flatten() {
+            h.write(k.as_bytes());
+            h.write(&[0]);
+            h.write(v.as_bytes());
+            h.write(&[0]);
+        }
+        h.write(&[0xff]);
+    }
+    Some(format!("{generation}-{:016x}", h.finish()))
 }
 
 /// The name of the sync recording `uid`'s delivery to `node`: `<node>.<uid>`.
@@ -398,6 +436,70 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&status).unwrap(),
             json!({"objectResourceVersion": "42"})
+        );
+    }
+
+    #[test]
+    fn content_version_moves_with_generation_labels_and_annotations_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let meta =
+            |generation: Option<i64>, rv: &str, labels: &[(&str, &str)], ann: &[(&str, &str)]| {
+                let map = |kv: &[(&str, &str)]| {
+                    (!kv.is_empty()).then(|| {
+                        kv.iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect()
+                    })
+                };
+                ObjectMeta {
+                    generation,
+                    resource_version: Some(rv.into()),
+                    labels: map(labels),
+                    annotations: map(ann),
+                    ..Default::default()
+                }
+            };
+        let base = content_version(&meta(Some(3), "10", &[("a", "1")], &[("m", "2")])).unwrap();
+        assert!(base.starts_with("3-") && base.len() == 2 + 16, "{base}");
+        // (case, meta, same content version as base?)
+        let cases = [
+            (
+                "a status write: new resourceVersion",
+                meta(Some(3), "11", &[("a", "1")], &[("m", "2")]),
+                true,
+            ),
+            (
+                "a spec change: new generation",
+                meta(Some(4), "12", &[("a", "1")], &[("m", "2")]),
+                false,
+            ),
+            (
+                "a model change: the annotation moved",
+                meta(Some(3), "13", &[("a", "1")], &[("m", "3")]),
+                false,
+            ),
+            (
+                "a label changed",
+                meta(Some(3), "14", &[("a", "2")], &[("m", "2")]),
+                false,
+            ),
+            (
+                "a label moved to the annotations",
+                meta(Some(3), "15", &[], &[("a", "1"), ("m", "2")]),
+                false,
+            ),
+        ];
+        for (case, m, same) in cases {
+            assert_eq!(
+                content_version(&m).as_deref() == Some(base.as_str()),
+                same,
+                "{case}"
+            );
+        }
+        assert_eq!(
+            content_version(&meta(None, "1", &[], &[])),
+            None,
+            "no generation: no content version"
         );
     }
 }

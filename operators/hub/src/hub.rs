@@ -62,8 +62,8 @@ pub struct Session {
     pub edge_requests: AtomicUsize,
     /// Device reports of this session waiting for their status write.
     pub device_reports: AtomicUsize,
-    /// Devices the edge ACKed, by UID: digest of their spec (module `device::delivery`).
-    pub delivered_devices: Mutex<HashMap<String, u64>>,
+    /// Devices the edge ACKed, by UID: their content version (module `device::delivery`).
+    pub delivered_devices: Mutex<HashMap<String, String>>,
     depth: AtomicUsize,
 }
 

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgefleet_api::objectsync::{
-    FINALIZER, NODE_LABEL, ObjectSync, RESYNC_ANNOTATION, compare_resource_versions, object_uid_of,
+    FINALIZER, NODE_LABEL, ObjectSync, RESYNC_ANNOTATION, compare_resource_versions,
+    content_version, object_uid_of,
 };
 use edgefleet_channel::{Resource, ResourceType};
 use futures::StreamExt;
@@ -20,7 +21,7 @@ use crate::cache::{Writers, cacheable, keys};
 use crate::hub::{Hub, Session};
 use crate::lock;
 use crate::queue::Op;
-use crate::wire::{Body, DELIVERED, Delivery, acked_rv, api_resource};
+use crate::wire::{Body, DELIVERED, Delivery, acked_content, acked_rv, api_resource, by_content};
 
 /// What a sync needs sent now, given the live object (pure).
 pub fn plan(sync: &ObjectSync, live: Option<&Arc<DynamicObject>>) -> Option<(Op, String, Body)> {
@@ -51,7 +52,11 @@ pub fn plan(sync: &ObjectSync, live: Option<&Arc<DynamicObject>>) -> Option<(Op,
         Some(o) => o == std::cmp::Ordering::Greater,
         None => rv != acked,
     };
-    trailing.then(|| (Op::Update, rv, Body::Object(live.clone())))
+    // A Device whose newer versions differ only in status: the node holds what it acts on.
+    let held = by_content(&sync.spec.object_kind)
+        && acked_content(sync).is_some()
+        && acked_content(sync) == content_version(&live.metadata).as_deref();
+    (trailing && !held).then(|| (Op::Update, rv, Body::Object(live.clone())))
 }
 
 /// Compares one sync with its live object and queues what the node lacks, if this replica
@@ -157,9 +162,10 @@ fn on_object(hub: &Hub, t: ResourceType, obj: &Arc<DynamicObject>) {
         if let Some(sync) = hub.caches.sync(&ns, &name) {
             if is_device
                 && sync.metadata.deletion_timestamp.is_none()
-                && hub.registry.get(&node).is_some_and(|s| {
-                    crate::device::delivery::status_only(hub, &s, (ns.clone(), name.clone()), obj)
-                })
+                && hub
+                    .registry
+                    .get(&node)
+                    .is_some_and(|s| crate::device::delivery::status_only(&s, obj))
             {
                 continue;
             }
@@ -235,7 +241,7 @@ async fn run_fetcher(hub: Arc<Hub>) {
 
 /// Keeps of an ObjectSync what routing and the status writer read: name, namespace, uid,
 /// resourceVersion, generation, finalizers, deletion mark, the node label, the resync
-/// annotation, the spec and the acked resourceVersion. Conditions, attempts, managedFields,
+/// annotation, the spec, the acked resourceVersion and content version. Conditions, attempts, managedFields,
 /// other labels and annotations are dropped: a replica holds every sync of its scope, so this
 /// is what its memory grows with.
 pub fn strip_sync(sync: &mut ObjectSync) {
@@ -473,6 +479,76 @@ mod tests {
         let st = s.status.as_ref().unwrap();
         assert_eq!(st.object_resource_version.as_deref(), Some("11"));
         assert!(st.conditions.is_none() && st.attempts.is_none());
+    }
+
+    /// A Device is sent again for what the edge acts on, not for its status writes: the acked
+    /// content version says what the node holds (and survives a restart of the hub).
+    #[test]
+    fn a_device_is_planned_by_content_not_by_version() {
+        let device = |rv: &str, generation: i64, model: &str| {
+            let ar = api_resource(ResourceType::Device).unwrap();
+            let mut o = DynamicObject::new("valve", &ar).within("ns");
+            o.metadata.uid = Some(UID.into());
+            o.metadata.resource_version = Some(rv.into());
+            o.metadata.generation = Some(generation);
+            o.metadata.annotations =
+                Some([("edgefleet.io/device-model-generation".into(), model.into())].into());
+            Arc::new(o)
+        };
+        let acked = device("10", 2, "1");
+        let sync_of = |content: Option<String>| {
+            let mut s = sync(Some("10"));
+            s.spec.object_kind = "Device".into();
+            s.spec.object_api_version = Some("devices.kubeedge.io/v1beta1".into());
+            if let Some(st) = s.status.as_mut() {
+                st.object_content_version = content;
+            }
+            s
+        };
+        let held = sync_of(content_version(&acked.metadata));
+        // (case, sync, live, op planned)
+        let cases = [
+            ("a status write", held.clone(), device("11", 2, "1"), None),
+            (
+                "a spec change",
+                held.clone(),
+                device("12", 3, "1"),
+                Some(Op::Update),
+            ),
+            (
+                "its model changed",
+                held.clone(),
+                device("13", 2, "2"),
+                Some(Op::Update),
+            ),
+            (
+                "no content version acked",
+                sync_of(None),
+                device("11", 2, "1"),
+                Some(Op::Update),
+            ),
+            (
+                "the acked version itself",
+                held.clone(),
+                device("10", 2, "1"),
+                None,
+            ),
+        ];
+        for (case, s, live, op) in cases {
+            assert_eq!(plan(&s, Some(&live)).map(|(op, _, _)| op), op, "{case}");
+        }
+        let mut cm = sync(Some("10"));
+        if let Some(st) = cm.status.as_mut() {
+            st.object_content_version = content_version(&acked.metadata);
+        }
+        let mut newer = (*live(UID, "11")).clone();
+        newer.metadata = acked.metadata.clone();
+        newer.metadata.resource_version = Some("11".into());
+        assert_eq!(
+            plan(&cm, Some(&Arc::new(newer))).map(|(op, _, _)| op),
+            Some(Op::Update),
+            "other kinds go by resourceVersion"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::hub::{Hub, Session};
 use crate::lock;
 use crate::queue::{Op, seconds};
 use crate::route;
-use crate::status::Event;
+use crate::status::{Ack, Event};
 use crate::wire::Body;
 
 /// Frames waiting for the writer, per session.
@@ -158,15 +158,19 @@ fn on_ack(hub: &Hub, session: &Session, parent: &str, rv: &str, ok: bool) {
         .observe(seconds(acked.enqueued.elapsed()));
     let event = match (&acked.payload.body, acked.op) {
         (Body::Delete(_), _) | (_, Op::Delete) => Event::EdgeDeleted,
-        _ => Event::Acked {
+        (body, _) => {
             // The edge's stored version; the one sent when it says nothing.
-            rv: if rv.is_empty() {
-                acked.rv
-            } else {
-                rv.to_string()
-            },
-            attempts: acked.sends,
-        },
+            let stored = if rv.is_empty() { acked.rv.as_str() } else { rv };
+            Event::Acked(Ack {
+                content: crate::wire::content_version_of(
+                    acked.payload.resource.type_,
+                    body,
+                    stored,
+                ),
+                rv: stored.to_string(),
+                attempts: acked.sends,
+            })
+        }
     };
     record(
         hub,

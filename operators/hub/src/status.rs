@@ -29,8 +29,8 @@ pub type SyncKey = (String, String);
 /// What happened to one sync since its last write.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Entry {
-    /// The edge stored this version (the highest seen) after this many sends.
-    pub acked: Option<(String, u32)>,
+    /// The edge stored this version (the highest seen).
+    pub acked: Option<Ack>,
     /// A message was sent the maximum number of times without an ACK.
     pub gave_up: Option<u32>,
     /// The edge ACKed the delete: remove the finalizer.
@@ -39,10 +39,21 @@ pub struct Entry {
     pub failures: u32,
 }
 
+/// What the edge stored of one sync's object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    pub rv: String,
+    /// Sends it took.
+    pub attempts: u32,
+    /// The object's content version, for kinds delivered by content
+    /// (`edgefleet_api::objectsync::content_version`).
+    pub content: Option<String>,
+}
+
 /// One event of a sync, as a session reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Acked { rv: String, attempts: u32 },
+    Acked(Ack),
     GaveUp { attempts: u32 },
     EdgeDeleted,
 }
@@ -51,13 +62,13 @@ impl Entry {
     /// Folds `event` in: the acked version only grows, a delete stays.
     pub fn merge(&mut self, event: Event) {
         match event {
-            Event::Acked { rv, attempts } => {
+            Event::Acked(ack) => {
                 let newer = match &self.acked {
                     None => true,
-                    Some((current, _)) => grows(current, &rv),
+                    Some(current) => grows(&current.rv, &ack.rv),
                 };
                 if newer {
-                    self.acked = Some((rv, attempts));
+                    self.acked = Some(ack);
                 }
             }
             Event::GaveUp { attempts } => self.gave_up = Some(attempts),
@@ -66,8 +77,8 @@ impl Entry {
     }
 
     fn absorb(&mut self, other: Entry) {
-        if let Some((rv, attempts)) = other.acked {
-            self.merge(Event::Acked { rv, attempts });
+        if let Some(ack) = other.acked {
+            self.merge(Event::Acked(ack));
         }
         if other.gave_up.is_some() {
             self.gave_up = other.gave_up;
@@ -198,11 +209,8 @@ impl Writer {
         let (ns, name) = (&key.0, &key.1);
         let (action, outcome) = if entry.deleted {
             ("remove_finalizer", self.remove_finalizer(ns, name).await)
-        } else if let Some((rv, attempts)) = &entry.acked {
-            (
-                "patch_acked",
-                self.patch_acked(ns, name, rv, *attempts).await,
-            )
+        } else if let Some(ack) = &entry.acked {
+            ("patch_acked", self.patch_acked(ns, name, ack).await)
         } else if let Some(attempts) = entry.gave_up {
             (
                 "patch_attempts",
@@ -247,8 +255,10 @@ impl Writer {
 
     /// Records an ACK: `objectResourceVersion` only if it grows, under an optimistic lock (the
     /// sync's resourceVersion), so two writers can never move it back. The cached sync is the
-    /// first guess; a conflict reads the current one.
-    async fn patch_acked(&self, ns: &str, name: &str, rv: &str, attempts: u32) -> Outcome {
+    /// first guess; a conflict reads the current one. The content version, when there is one,
+    /// is written with the version it belongs to.
+    async fn patch_acked(&self, ns: &str, name: &str, ack: &Ack) -> Outcome {
+        let (rv, attempts) = (ack.rv.as_str(), ack.attempts);
         let api = self.api(ns);
         let mut current = self.caches.sync(ns, name).map(|s| (*s).clone());
         for _ in 0..MAX_CONFLICTS {
@@ -268,6 +278,7 @@ impl Writer {
                 "metadata": {"resourceVersion": sync.metadata.resource_version},
                 "status": {
                     "objectResourceVersion": rv,
+                    "objectContentVersion": ack.content,
                     "attempts": attempts,
                     "lastAttemptTime": now,
                     "conditions": [{
@@ -367,11 +378,16 @@ mod tests {
         ("ns".into(), n.into())
     }
 
-    fn acked(rv: &str) -> Event {
-        Event::Acked {
+    fn ack(rv: &str) -> Ack {
+        Ack {
             rv: rv.into(),
             attempts: 1,
+            content: Some(format!("c{rv}")),
         }
+    }
+
+    fn acked(rv: &str) -> Event {
+        Event::Acked(ack(rv))
     }
 
     #[test]
@@ -392,8 +408,8 @@ mod tests {
         assert_eq!(k, key("a"), "first in, first out");
         assert_eq!(
             a.acked,
-            Some(("9".into(), 1)),
-            "a late ACK never moves it back"
+            Some(ack("9")),
+            "a late ACK never moves it back, nor the content version that came with it"
         );
         assert_eq!(a.gave_up, Some(5));
         let (_, b) = board.pop().unwrap();

@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use edgefleet_api::objectsync::{ObjectSync, compare_resource_versions};
+use edgefleet_api::objectsync::{
+    DELIVERED_BY_CONTENT, ObjectSync, compare_resource_versions, content_version,
+};
 use edgefleet_channel::{Resource, ResourceType};
+use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::discovery::ApiResource;
 use serde_json::Value;
@@ -86,6 +89,32 @@ pub fn acked_rv(sync: &ObjectSync) -> &str {
         None | Some("0") => "",
         Some(rv) => rv,
     }
+}
+
+/// Whether objects of `kind` are delivered by content: a change of their status alone is not
+/// delivered (see `edgefleet_api::objectsync::content_version`).
+pub fn by_content(kind: &str) -> bool {
+    DELIVERED_BY_CONTENT.contains(&kind)
+}
+
+/// The acked content version of a sync, if any.
+pub fn acked_content(sync: &ObjectSync) -> Option<&str> {
+    sync.status
+        .as_ref()
+        .and_then(|s| s.object_content_version.as_deref())
+}
+
+/// The content version to record with an ACK: that of the object sent, when its kind is
+/// delivered by content and the edge stored exactly the version sent.
+pub fn content_version_of(t: ResourceType, body: &Body, stored_rv: &str) -> Option<String> {
+    let Body::Object(obj) = body else {
+        return None;
+    };
+    let kind = api_resource(t)?.kind;
+    if !by_content(&kind) || obj.resource_version().as_deref() != Some(stored_rv) {
+        return None;
+    }
+    content_version(&obj.metadata)
 }
 
 /// Whether `new` moves the acked version forward from `acked` (only ever grows; versions

@@ -274,7 +274,7 @@ fn census(shared: &Shared) {
             } else {
                 match index.live_of(s) {
                     None => "untracked",
-                    Some(live) => match plan::freshness(s.acked.as_deref(), &live.rv) {
+                    Some(live) => match plan::freshness_of(s, live) {
                         Freshness::Acked => "delivered",
                         Freshness::Unordered => "unordered",
                         Freshness::Trailing if plan::is_stale(s, live, now, shared.window) => {
@@ -502,6 +502,7 @@ mod tests {
             kind: Some(Kind::Pod),
             object_name: uid.into(),
             acked: acked.map(Into::into),
+            acked_content: None,
             last_attempt: None,
             created: Some(now - jiff::SignedDuration::from_secs(created_ago)),
             resync_requested: None,
@@ -526,6 +527,7 @@ mod tests {
                         live: Live {
                             uid: uid.into(),
                             rv: rv.into(),
+                            content: None,
                             changed: long_ago,
                         },
                         node: "a".into(),

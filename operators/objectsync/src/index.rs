@@ -20,6 +20,10 @@ pub type Key = (String, String);
 pub struct Live {
     pub uid: String,
     pub rv: String,
+    /// For kinds delivered by content (Devices): what the edge acts on, as a version
+    /// (`edgefleet_api::objectsync::content_version`). A new `rv` with the same content is a
+    /// status write: nothing to deliver.
+    pub content: Option<String>,
     pub changed: Timestamp,
 }
 
@@ -58,6 +62,8 @@ pub struct SyncEntry {
     pub object_name: String,
     /// `status.objectResourceVersion`.
     pub acked: Option<String>,
+    /// `status.objectContentVersion`.
+    pub acked_content: Option<String>,
     pub last_attempt: Option<Timestamp>,
     pub created: Option<Timestamp>,
     /// The `edgefleet.io/resync-requested` annotation.
@@ -147,11 +153,18 @@ fn only_version_moved(old: &Live, new: &Live) -> bool {
     old.uid == new.uid && old.rv != new.rv
 }
 
-/// Carries the time a version was first seen over to an unchanged version.
+/// Whether `new` holds nothing to deliver beyond `old`: the same version, or for kinds
+/// delivered by content the same content (a status write).
+fn same_content(old: &Live, new: &Live) -> bool {
+    old.uid == new.uid
+        && (old.rv == new.rv || (new.content.is_some() && old.content == new.content))
+}
+
+/// Carries the time a version was first seen over to an unchanged version (for a Device, an
+/// unchanged content: its status writes do not restart the hub's window).
 fn keep_changed(old: Option<&Live>, new: &mut Live) {
     if let Some(old) = old
-        && old.uid == new.uid
-        && old.rv == new.rv
+        && same_content(old, new)
     {
         new.changed = old.changed;
     }
@@ -258,6 +271,9 @@ impl Index {
         });
         match (&old, &new) {
             (Some(o), Some(n)) if o == n => {}
+            // A status write: the node's sync state cannot have changed.
+            (Some(o), Some(n))
+                if o.node == n.node && o.model == n.model && same_content(&o.live, &n.live) => {}
             (Some(o), Some(n))
                 if o.node == n.node
                     && o.model == n.model
@@ -531,6 +547,7 @@ mod tests {
         Live {
             uid: uid.into(),
             rv: rv.into(),
+            content: None,
             changed: t(0),
         }
     }
@@ -671,6 +688,44 @@ mod tests {
         assert_eq!(nodes(&t.now), ["b"]);
     }
 
+    /// A Device status write (new resourceVersion, same content version) touches no node and
+    /// keeps the time its content was first seen: the resend window is not restarted.
+    #[test]
+    fn a_device_status_write_touches_nothing() {
+        let mut index = Index::new();
+        edge(&mut index, "a");
+        let dev = |rv: &str, content: &str, at: i64| DeviceEntry {
+            live: Live {
+                content: Some(content.into()),
+                changed: t(at),
+                ..live("u-d", rv)
+            },
+            node: Some("a".into()),
+            model: "m".into(),
+        };
+        index.set_device(key("d"), Some(dev("1", "1-x", 0)));
+        let t1 = index.set_device(key("d"), Some(dev("2", "1-x", 50)));
+        assert!(t1.is_empty(), "status write: {t1:?}");
+        let d = index
+            .desired("a")
+            .into_iter()
+            .find(|d| d.name == "d")
+            .unwrap();
+        assert_eq!((d.live.rv.as_str(), d.live.changed), ("2", t(0)));
+        let t2 = index.set_device(key("d"), Some(dev("3", "2-x", 60)));
+        assert_eq!(
+            nodes(&t2.later),
+            ["a"],
+            "spec change: the hub's window, then a check"
+        );
+        let d = index
+            .desired("a")
+            .into_iter()
+            .find(|d| d.name == "d")
+            .unwrap();
+        assert_eq!(d.live.changed, t(60));
+    }
+
     #[test]
     fn unchanged_versions_keep_their_first_seen_time() {
         let mut index = Index::new();
@@ -702,6 +757,7 @@ mod tests {
             kind: Some(Kind::Pod),
             object_name: "p".into(),
             acked: None,
+            acked_content: None,
             last_attempt: None,
             created: None,
             resync_requested: None,
@@ -721,6 +777,7 @@ mod tests {
         );
         let acked = SyncEntry {
             acked: Some("7".into()),
+            acked_content: None,
             ..s.clone()
         };
         assert!(index.set_sync(key("a.u"), Some(acked)).is_empty());

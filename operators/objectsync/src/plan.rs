@@ -97,6 +97,15 @@ pub fn freshness(acked: Option<&str>, live: &str) -> Freshness {
     }
 }
 
+/// [`freshness`] of one sync against its live object: a Device whose acked content version
+/// is the live one is delivered, whatever its status writes did to the resourceVersion.
+pub fn freshness_of(sync: &SyncEntry, live: &Live) -> Freshness {
+    if live.content.is_some() && sync.acked_content == live.content {
+        return Freshness::Acked;
+    }
+    freshness(sync.acked.as_deref(), &live.rv)
+}
+
 /// Since when a trailing sync has had its chance: the latest of its creation, the hub's last
 /// send (`lastAttemptTime`) and the live version's first sighting.
 pub fn trailing_since(sync: &SyncEntry, live: &Live) -> Timestamp {
@@ -196,7 +205,7 @@ pub fn plan(
                         uid: d.live.uid.clone(),
                     });
                 }
-                match freshness(s.acked.as_deref(), &d.live.rv) {
+                match freshness_of(s, &d.live) {
                     Freshness::Acked => {}
                     Freshness::Unordered => plan.unordered.push(s.name.clone()),
                     Freshness::Trailing => {
@@ -258,6 +267,7 @@ mod tests {
         Live {
             uid: uid.into(),
             rv: rv.into(),
+            content: None,
             changed: t(0),
         }
     }
@@ -280,6 +290,7 @@ mod tests {
             kind: Some(Kind::Pod),
             object_name: "p".into(),
             acked: acked.map(Into::into),
+            acked_content: None,
             last_attempt: None,
             created: Some(t(0)),
             resync_requested: None,
@@ -308,6 +319,63 @@ mod tests {
             (Some(" 5"), "5", Unordered),
         ] {
             assert_eq!(freshness(acked, live), want, "{acked:?} vs {live:?}");
+        }
+    }
+
+    /// A Device's status writes move its resourceVersion past the acked one; its acked content
+    /// version still says the node holds it (no resync asked, no write).
+    #[test]
+    fn a_device_is_fresh_while_its_content_version_is_the_acked_one() {
+        use Freshness::*;
+        let device = |rv: &str, content: Option<&str>| Live {
+            content: content.map(Into::into),
+            ..live("u1", rv)
+        };
+        let acked = |rv: &str, content: Option<&str>| SyncEntry {
+            acked_content: content.map(Into::into),
+            ..sync("a", "u1", Some(rv))
+        };
+        // (case, sync, live, freshness)
+        let cases = [
+            (
+                "status writes only",
+                acked("5", Some("2-aa")),
+                device("9", Some("2-aa")),
+                Acked,
+            ),
+            (
+                "spec changed since",
+                acked("5", Some("2-aa")),
+                device("9", Some("3-aa")),
+                Trailing,
+            ),
+            (
+                "annotation changed since",
+                acked("5", Some("2-aa")),
+                device("9", Some("2-bb")),
+                Trailing,
+            ),
+            (
+                "acked before content versions",
+                acked("5", None),
+                device("9", Some("2-aa")),
+                Trailing,
+            ),
+            (
+                "acked before content versions, same rv",
+                acked("9", None),
+                device("9", Some("2-aa")),
+                Acked,
+            ),
+            (
+                "other kinds go by version",
+                acked("5", Some("2-aa")),
+                device("9", None),
+                Trailing,
+            ),
+        ];
+        for (case, s, l, want) in cases {
+            assert_eq!(freshness_of(&s, &l), want, "{case}");
         }
     }
 

@@ -11,7 +11,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use edgefleet_api::devices::Device;
-use edgefleet_api::objectsync::{NODE_LABEL, ObjectSync, node_name_of, object_uid_of};
+use edgefleet_api::objectsync::{
+    NODE_LABEL, ObjectSync, content_version, node_name_of, object_uid_of,
+};
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -122,6 +124,7 @@ fn live_of<K: ResourceExt>(obj: &K, now: Timestamp) -> Option<Live> {
     Some(Live {
         uid: obj.uid()?,
         rv: obj.resource_version().unwrap_or_default(),
+        content: None,
         changed: now,
     })
 }
@@ -143,8 +146,10 @@ pub fn meta_entry<K: kube::Resource>(obj: &PartialObjectMeta<K>, now: Timestamp)
 }
 
 pub fn device_entry(device: &Device, now: Timestamp) -> Option<Entry> {
+    let mut live = live_of(device, now)?;
+    live.content = content_version(&device.metadata);
     Some(Entry::Device(DeviceEntry {
-        live: live_of(device, now)?,
+        live,
         node: device.spec.node_name.clone().filter(|n| !n.is_empty()),
         model: device.spec.device_model_ref.name.clone(),
     }))
@@ -184,6 +189,7 @@ pub fn sync_entry(sync: &ObjectSync, _now: Timestamp) -> Option<Entry> {
         kind: Kind::parse(&sync.spec.object_kind),
         object_name: sync.spec.object_name.clone(),
         acked: status.and_then(|s| s.object_resource_version.clone()),
+        acked_content: status.and_then(|s| s.object_content_version.clone()),
         last_attempt: status
             .and_then(|s| s.last_attempt_time.as_ref())
             .map(|t| t.0),
