@@ -207,6 +207,16 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
 
 async fn simulate(args: SimulateArgs) -> Result<(), String> {
     let cancel = cli::shutdown_signal();
+    // One socket per hollow agent: the soft open-file limit (often 1,024) up to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) if files < args.nodes as u64 + 256 => tracing::warn!(
+            open_files = files,
+            nodes = args.nodes,
+            "the open-file limit is below one socket per agent; raise the hard limit (ulimit -Hn)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "raising the open-file limit"),
+    }
     if let Some(dir) = &args.data_dir {
         create_private_dir(dir)?;
     }

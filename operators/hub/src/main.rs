@@ -163,6 +163,32 @@ struct Cli {
     device_refresh_seconds: u64,
 }
 
+/// `--max-sessions`, capped to what the open-file limit allows once raised to the hard limit
+/// (Rust, unlike Go, keeps the inherited soft limit, often 1,024): each session is a socket, and
+/// a hub past its limit fails every accept (API connections too) instead of answering 503.
+fn max_sessions(wanted: usize) -> usize {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => {
+            let cap = edgefleet_hub::server::session_capacity(wanted, files);
+            if cap < wanted {
+                tracing::warn!(
+                    open_files = files,
+                    wanted,
+                    sessions = cap,
+                    "the open-file limit caps sessions below --max-sessions; raise the hard limit (ulimit -Hn, the container runtime's LimitNOFILE)"
+                );
+            } else {
+                tracing::info!(open_files = files, sessions = cap, "session capacity");
+            }
+            cap
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the open-file limit; --max-sessions kept");
+            wanted
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -190,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         namespace,
         identity: cli.common.identity.clone(),
-        max_sessions: cli.max_sessions,
+        max_sessions: max_sessions(cli.max_sessions),
         window: cli.window,
         retry_after_seconds: cli.retry_after_seconds,
         lease_renew_interval: Duration::from_secs(cli.lease_renew_seconds.max(1)),

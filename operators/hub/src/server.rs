@@ -363,3 +363,36 @@ fn upgrade(
     }
     r
 }
+
+/// File descriptors kept for everything but sessions: API connections, listeners, handshakes
+/// and bootstrap requests in flight.
+pub const FILES_RESERVED: u64 = 1024;
+
+/// Sessions a hub can hold with `open_files` descriptors, at most `wanted` (pure).
+pub fn session_capacity(wanted: usize, open_files: u64) -> usize {
+    let room = open_files.saturating_sub(FILES_RESERVED).max(1);
+    usize::try_from(room).map_or(wanted, |room| wanted.min(room))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_fit_the_open_file_limit() {
+        // (wanted, open files, capacity)
+        let cases = [
+            (20_000, 1_048_576, 20_000),
+            (20_000, 20_000, 20_000 - 1_024),
+            (20_000, 1_024, 1),
+            (100, 0, 1),
+        ];
+        for (wanted, files, capacity) in cases {
+            assert_eq!(
+                session_capacity(wanted, files),
+                capacity,
+                "{wanted} with {files} files"
+            );
+        }
+    }
+}
