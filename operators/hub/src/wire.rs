@@ -110,8 +110,10 @@ pub fn content_version_of(t: ResourceType, body: &Body, stored_rv: &str) -> Opti
     let Body::Object(obj) = body else {
         return None;
     };
-    let kind = api_resource(t)?.kind;
-    if !by_content(&kind) || obj.resource_version().as_deref() != Some(stored_rv) {
+    let delivered_by_content = DELIVERED_BY_CONTENT
+        .iter()
+        .any(|k| ResourceType::of_kind(k) == Some(t));
+    if !delivered_by_content || obj.resource_version().as_deref() != Some(stored_rv) {
         return None;
     }
     content_version(&obj.metadata)
@@ -127,4 +129,46 @@ pub fn grows(acked: &str, new: &str) -> bool {
         return true;
     }
     compare_resource_versions(new, acked) == Some(std::cmp::Ordering::Greater)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(t: ResourceType, rv: &str) -> Body {
+        let ar = api_resource(t).unwrap();
+        let mut o = DynamicObject::new("x", &ar).within("ns");
+        o.metadata.resource_version = Some(rv.into());
+        o.metadata.generation = Some(1);
+        Body::Object(Arc::new(o))
+    }
+
+    #[test]
+    fn an_ack_carries_a_content_version_for_devices_stored_as_sent() {
+        // (case, kind, version sent, version the edge stored, content version recorded?)
+        let cases = [
+            (
+                "a Device stored as sent",
+                ResourceType::Device,
+                "7",
+                "7",
+                true,
+            ),
+            (
+                "a Device stored at another version",
+                ResourceType::Device,
+                "7",
+                "9",
+                false,
+            ),
+            ("a ConfigMap", ResourceType::ConfigMap, "7", "7", false),
+            ("a DeviceModel", ResourceType::DeviceModel, "7", "7", false),
+        ];
+        for (case, t, sent, stored, recorded) in cases {
+            let got = content_version_of(t, &object(t, sent), stored);
+            assert_eq!(got.is_some(), recorded, "{case}: {got:?}");
+        }
+        let delete = Body::Delete(Arc::new(serde_json::json!({})));
+        assert_eq!(content_version_of(ResourceType::Device, &delete, "7"), None);
+    }
 }
