@@ -66,6 +66,45 @@ async fn wait_condition(bed: &Bed, reason: &str, timeout: Duration) -> Result<Hu
     .await
 }
 
+/// The first release order issued after `after` (order, hub, when the monitor saw it). On a
+/// timeout the error says what the balancer decided meanwhile and what the hubs held, so a CI
+/// failure explains itself.
+async fn first_order_after(
+    bed: &Bed,
+    what: &str,
+    after: Instant,
+) -> Result<(edgefleet_api::balancer::ReleaseOrder, String, Instant)> {
+    let seen = bed.seen.clone();
+    let found = wait_for(
+        &format!("{what}: a release order"),
+        Duration::from_secs(180),
+        || {
+            let o = lock(&seen).orders_after(after).first().cloned();
+            async move { Ok(o) }
+        },
+    )
+    .await;
+    if found.is_ok() {
+        return found;
+    }
+    let api: Api<HubBalancer> = Api::namespaced(bed.client.clone(), SYSTEM_NAMESPACE);
+    let decided = match api.get(&bed.balancer_name).await {
+        Ok(hb) => hb
+            .status
+            .map(|s| {
+                s.conditions
+                    .iter()
+                    .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default(),
+        Err(e) => format!("(reading the HubBalancer: {e})"),
+    };
+    let last = lock(&seen).last().map(Sample::describe).unwrap_or_default();
+    found.with_context(|| format!("the balancer's conditions: {decided}; last sample: {last}"))
+}
+
 /// The pod of the Deployment holding the most sessions (the restart hurts most there).
 fn busiest(s: &Sample) -> Result<String> {
     s.hubs
@@ -81,15 +120,7 @@ fn busiest(s: &Sample) -> Result<String> {
 /// the judgement of every sample in between.
 async fn judge_round(bed: &Bed, what: &str, after: Instant) -> Result<(Instant, Sample)> {
     let seen = bed.seen.clone();
-    let first = wait_for(
-        &format!("{what}: a release order"),
-        Duration::from_secs(180),
-        || {
-            let o = lock(&seen).orders_after(after).first().cloned();
-            async move { Ok(o) }
-        },
-    )
-    .await?;
+    let first = first_order_after(bed, what, after).await?;
     let first_at = first.2;
     // The state the order answered: the last sample before it with every hub reporting and
     // the fleet connected (a sample taken mid-reconnect, two hubs and a tenth of the fleet,
@@ -362,6 +393,10 @@ async fn balancer_metrics(bed: &Bed) -> Result<()> {
 async fn rolling_restart_releases_nothing_until_done(bed: &Bed) -> Result<()> {
     let what = "rolling restart";
     let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), SYSTEM_NAMESPACE);
+    // Settled means these pods are all gone and HUBS new ones are Ready: the Deployment's status
+    // alone once read "settled" 275 ms after the patch with the old pods still serving (a CI
+    // run), and the rollout then landed in the next scenario, where it held every order back.
+    let old: Vec<String> = bed.pods().await?.iter().filter_map(|p| p.uid()).collect();
     let began = Instant::now();
     let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
         "kubectl.kubernetes.io/restartedAt": jiff::Timestamp::now().to_string()}}}}});
@@ -382,7 +417,12 @@ async fn rolling_restart_releases_nothing_until_done(bed: &Bed) -> Result<()> {
                 && st.updated_replicas == Some(HUBS as i32)
                 && st.ready_replicas == Some(HUBS as i32)
                 && st.replicas == Some(HUBS as i32);
-            Ok(done.then(Instant::now))
+            let pods = bed.pods().await?;
+            let replaced = pods.len() == HUBS
+                && pods
+                    .iter()
+                    .all(|p| pod_ready(p) && p.uid().is_some_and(|u| !old.contains(&u)));
+            Ok((done && replaced).then(Instant::now))
         },
     )
     .await?;
@@ -429,16 +469,7 @@ async fn balancer_killed_mid_round(bed: &mut Bed) -> Result<()> {
     let last = lock(&bed.seen).last().cloned().context("no sample")?;
     let victim = busiest(&last)?;
     bed.kill_hub(&victim)?;
-    let seen = bed.seen.clone();
-    wait_for(
-        &format!("{what}: a release order"),
-        Duration::from_secs(180),
-        || {
-            let o = lock(&seen).orders_after(now).first().cloned();
-            async move { Ok(o) }
-        },
-    )
-    .await?;
+    first_order_after(bed, what, now).await?;
     // The order is written, the hubs are carrying it out: the leader dies now.
     bed.balancer.restart()?;
     let (_, _) = judge_round(bed, what, now).await?;
