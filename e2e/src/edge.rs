@@ -92,8 +92,11 @@ impl HubProcess {
         let mut args = vec![
             format!("--listen=127.0.0.1:{port}"),
             "--report-seconds=1".to_string(),
-            "--lease-renew-seconds=2".to_string(),
         ];
+        // Fast renewals by default; a test may set its own (a flag is taken once).
+        if !extra.iter().any(|a| a.starts_with("--lease-renew-seconds")) {
+            args.push("--lease-renew-seconds=2".to_string());
+        }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let op = match serviceaccount {
             Some(sa) => Operator::start_as("hub", sa, namespace, &args).await?,

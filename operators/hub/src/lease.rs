@@ -47,17 +47,55 @@ pub struct LeaseState {
     pub retry_at: Option<Instant>,
     /// Renewals failed in a row (the first is logged, the rest counted).
     pub failures: u32,
-    /// The first successful renewal of this session.
-    pub first: Option<Instant>,
-    /// Ready re-asserted once a grace period into the session (see [`READY_CONFIRM_AFTER`]).
-    pub ready_confirmed: bool,
+    /// From then on, the next successful renewal also re-asserts the node's Ready condition
+    /// (see [`ready_due`]); `None` while none is due.
+    pub confirm_at: Option<Instant>,
 }
 
-/// A node whose Lease lapsed before its session came back (a reconnect storm) may be marked
-/// NotReady by the node-lifecycle controller after the hub set it Ready; the controller never
-/// sets it back, and the agent's next status report can be minutes away. So once per session,
-/// this long after its first renewal, the hub sets Ready again.
+/// The node-lifecycle controller marks a node NotReady (Unknown) when its Lease is older than
+/// the grace period, and never sets it back: that is the kubelet's job, done at its next status
+/// update. The agent's status report comes through the hub only every few minutes, so the hub
+/// re-asserts Ready for its sessions itself: this long after the session's first renewal (the
+/// Lease may have lapsed in a reconnect storm after the hub set the node Ready), and
+/// [`READY_CONFIRM_AFTER_LAPSE`] after any renewal that came late enough for the Lease to have
+/// lapsed ([`LAPSED_AFTER`]) — late enough that the controller has seen the fresh Lease and
+/// does not undo it. A re-assertion that fails is retried with the next renewal.
 pub const READY_CONFIRM_AFTER: Duration = Duration::from_secs(60);
+pub const READY_CONFIRM_AFTER_LAPSE: Duration = Duration::from_secs(20);
+/// A gap this long between two renewals of one node may have let its Lease lapse (40 s, less a
+/// margin for the controller's view lagging under load).
+pub const LAPSED_AFTER: Duration = Duration::from_secs(30);
+/// A re-assertion that failed is tried again with the next renewal after this.
+const CONFIRM_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// After a successful renewal started at `now` (the session's previous one at `previous`):
+/// whether to re-assert Ready now, and when the next re-assertion is due (pure). `confirm_at`
+/// is the current schedule (`None`: nothing due).
+pub fn ready_due(
+    confirm_at: Option<Instant>,
+    previous: Option<Instant>,
+    now: Instant,
+) -> (bool, Option<Instant>) {
+    let Some(previous) = previous else {
+        return (false, Some(now + READY_CONFIRM_AFTER));
+    };
+    if confirm_at.is_some_and(|at| at <= now) {
+        return (true, None);
+    }
+    if now.saturating_duration_since(previous) >= LAPSED_AFTER {
+        let after_lapse = now + READY_CONFIRM_AFTER_LAPSE;
+        return (
+            false,
+            Some(confirm_at.map_or(after_lapse, |at| at.min(after_lapse))),
+        );
+    }
+    (false, confirm_at)
+}
+
+/// The next re-assertion after one started at `now`, by its outcome (pure).
+pub fn after_confirm(ok: bool, now: Instant) -> Option<Instant> {
+    (!ok).then_some(now + CONFIRM_RETRY_AFTER)
+}
 
 /// The nodes to renew now, most urgent first, at most `slots` (pure). `nodes` are (index,
 /// last renewal, busy: in flight or waiting to retry).
@@ -159,14 +197,10 @@ async fn renew_one(
         let mut state = lock(&session.lease);
         state.in_flight = false;
         if ok {
+            (confirm, state.confirm_at) = ready_due(state.confirm_at, state.renewed, started);
             state.renewed = Some(started);
             state.retry_at = None;
             state.failures = 0;
-            let first = *state.first.get_or_insert(started);
-            if !state.ready_confirmed && started.duration_since(first) >= READY_CONFIRM_AFTER {
-                state.ready_confirmed = true;
-                confirm = true;
-            }
             false
         } else {
             state.retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -178,12 +212,16 @@ async fn renew_one(
     let label = if ok { "ok" } else { "failed" };
     hub.metrics.lease_renewals.with_label_values(&[label]).inc();
     if ok {
-        if confirm && let Err(e) = confirm_ready(&hub, &session.node).await {
-            hub.metrics
-                .api_errors
-                .with_label_values(&["confirm_ready"])
-                .inc();
-            tracing::warn!(node = %session.node, error = %e, "re-asserting Ready");
+        if confirm {
+            let result = confirm_ready(&hub, &session.node).await;
+            lock(&session.lease).confirm_at = after_confirm(result.is_ok(), started);
+            if let Err(e) = result {
+                hub.metrics
+                    .api_errors
+                    .with_label_values(&["confirm_ready"])
+                    .inc();
+                tracing::warn!(node = %session.node, error = %e, "re-asserting Ready; retrying");
+            }
         }
         return;
     }
@@ -270,6 +308,80 @@ pub async fn run(hub: Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_is_reasserted_after_the_first_renewal_and_after_a_lapse() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // (case, schedule, previous renewal, this renewal, re-assert now?, next due)
+        let cases = [
+            (
+                "the session's first renewal",
+                None,
+                None,
+                at(0),
+                false,
+                Some(at(60)),
+            ),
+            (
+                "before it is due",
+                Some(at(60)),
+                Some(at(40)),
+                at(50),
+                false,
+                Some(at(60)),
+            ),
+            ("due", Some(at(60)), Some(at(50)), at(60), true, None),
+            ("overdue", Some(at(60)), Some(at(55)), at(65), true, None),
+            ("nothing due", None, Some(at(90)), at(100), false, None),
+            (
+                "a renewal 30 s late",
+                None,
+                Some(at(70)),
+                at(100),
+                false,
+                Some(at(120)),
+            ),
+            (
+                "a lapse when one is due sooner",
+                Some(at(110)),
+                Some(at(70)),
+                at(100),
+                false,
+                Some(at(110)),
+            ),
+            (
+                "a lapse when one is due later",
+                Some(at(200)),
+                Some(at(70)),
+                at(100),
+                false,
+                Some(at(120)),
+            ),
+            (
+                "due and lapsed",
+                Some(at(100)),
+                Some(at(60)),
+                at(100),
+                true,
+                None,
+            ),
+            ("29 s is no lapse", None, Some(at(71)), at(100), false, None),
+        ];
+        for (case, schedule, previous, now, confirm, next) in cases {
+            assert_eq!(
+                ready_due(schedule, previous, now),
+                (confirm, next),
+                "{case}"
+            );
+        }
+        assert_eq!(after_confirm(true, at(60)), None, "done");
+        assert_eq!(
+            after_confirm(false, at(60)),
+            Some(at(70)),
+            "failed: with the next renewal"
+        );
+    }
 
     #[test]
     fn the_never_renewed_then_the_oldest_go_first_within_the_budget() {
