@@ -90,6 +90,14 @@ async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'stat
     let bound_to = match cached {
         Some(n) => n,
         None => {
+            // Not cached yet: a bounded read, or busy (the edge resends; the fetcher fills the
+            // cache meanwhile).
+            let Ok(_read) = hub.devices.reads.try_acquire() else {
+                return Err((
+                    "busy",
+                    "busy: the device is not cached on this replica yet; resend".into(),
+                ));
+            };
             let api: Api<Device> = Api::namespaced(hub.client.clone(), &route.namespace);
             match api.get_opt(&route.name).await {
                 Ok(Some(d)) => d.node_name().map(str::to_string),

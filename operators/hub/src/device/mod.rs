@@ -75,7 +75,15 @@ pub struct Devices {
     /// The answer to the last status write of each device, kept until the watch cache holds
     /// that version (or [`WRITTEN_KEPT`]): the next write merges into it without a read.
     pub written: Mutex<HashMap<DeviceKey, (Instant, Arc<Device>)>>,
+    /// Reads of a Device the object cache does not hold yet (a report's binding check): at most
+    /// [`DEVICE_READS_IN_FLIGHT`] at once, beyond that a report is answered busy at once.
+    pub reads: tokio::sync::Semaphore,
 }
+
+/// A replica with a cold cache (just started, its fetcher behind) once turned every report into
+/// a read: 7,130 connections to kube-apiserver (the client's pool opens one per concurrent
+/// request) and "Too many open files" at 1,020 sessions (README, `hack/bench/devices`).
+pub const DEVICE_READS_IN_FLIGHT: usize = 16;
 
 /// How long the answer to a status write stands in for a watch cache that lags behind it.
 pub const WRITTEN_KEPT: Duration = Duration::from_secs(30);
@@ -87,6 +95,7 @@ impl Devices {
             settings,
             wake: Notify::new(),
             written: Mutex::new(HashMap::new()),
+            reads: tokio::sync::Semaphore::new(DEVICE_READS_IN_FLIGHT),
         }
     }
 }
