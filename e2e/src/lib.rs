@@ -64,6 +64,24 @@ pub async fn client() -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// Marks `node` NotReady (`Ready=Unknown`, reason `NodeStatusUnknown`) as the node-lifecycle
+/// controller does when the node's Lease looks stale.
+pub async fn mark_node_unknown(
+    nodes: &Api<k8s_openapi::api::core::v1::Node>,
+    node: &str,
+    message: &str,
+) -> Result<()> {
+    let now = jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+        "message": message, "lastHeartbeatTime": now, "lastTransitionTime": now
+    }]}});
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Strategic(status))
+        .await?;
+    Ok(())
+}
+
 /// Polls `check` every 250 ms until it returns `Some`, for at most `timeout`.
 /// The error names what was awaited and the last state seen.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>

@@ -597,20 +597,6 @@ async fn ready_of(nodes: &Api<Node>, node: &str) -> Result<(String, String), kub
         .unwrap_or_default())
 }
 
-/// Marks the node NotReady as the node-lifecycle controller does when its Lease looks stale.
-async fn mark_unknown(nodes: &Api<Node>, node: &str) {
-    let patch = json!({"status": {"conditions": [{
-        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-        "message": "Kubelet stopped posting node status.",
-        "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
-        "lastTransitionTime": jiff::Timestamp::now().to_string(),
-    }]}});
-    nodes
-        .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
-}
-
 /// A connected node the node-lifecycle controller marked NotReady comes back Ready from the
 /// hub, not only once per session: a 10,000-session benchmark once left 2,194 live nodes
 /// NotReady after their renewals lagged past the Lease (the hub re-asserted Ready once, 60 s
@@ -648,7 +634,9 @@ async fn channel_a_live_node_marked_not_ready_is_set_ready_again_by_the_hub() {
     // Twice: the first comes back with the session's first re-assertion (60 s in), the second
     // only if the hub keeps watching for lapses after it.
     for round in ["first", "second"] {
-        mark_unknown(&nodes, &node).await;
+        edgefleet_e2e::mark_node_unknown(&nodes, &node, "Kubelet stopped posting node status.")
+            .await
+            .unwrap();
         let marked = std::time::Instant::now();
         wait_for(
             &format!("{round} time: the hub sets {node} Ready again"),

@@ -610,13 +610,7 @@ pub(crate) async fn set_node_ready(client: &Client, node: &str, ready: bool) {
         .await
         .unwrap();
     if !ready {
-        let now = jiff::Timestamp::now().to_string();
-        let status = serde_json::json!({"status": {"conditions": [{
-            "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-            "message": "e2e: link down", "lastHeartbeatTime": now, "lastTransitionTime": now
-        }]}});
-        nodes
-            .patch_status(node, &PatchParams::default(), &Patch::Strategic(status))
+        edgefleet_e2e::mark_node_unknown(&nodes, node, "e2e: link down")
             .await
             .unwrap();
     }

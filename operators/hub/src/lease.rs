@@ -314,58 +314,17 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         // (case, schedule, previous renewal, this renewal, re-assert now?, next due)
+        #[rustfmt::skip]
         let cases = [
-            (
-                "the session's first renewal",
-                None,
-                None,
-                at(0),
-                false,
-                Some(at(60)),
-            ),
-            (
-                "before it is due",
-                Some(at(60)),
-                Some(at(40)),
-                at(50),
-                false,
-                Some(at(60)),
-            ),
+            ("the session's first renewal", None, None, at(0), false, Some(at(60))),
+            ("before it is due", Some(at(60)), Some(at(40)), at(50), false, Some(at(60))),
             ("due", Some(at(60)), Some(at(50)), at(60), true, None),
             ("overdue", Some(at(60)), Some(at(55)), at(65), true, None),
             ("nothing due", None, Some(at(90)), at(100), false, None),
-            (
-                "a renewal 30 s late",
-                None,
-                Some(at(70)),
-                at(100),
-                false,
-                Some(at(120)),
-            ),
-            (
-                "a lapse when one is due sooner",
-                Some(at(110)),
-                Some(at(70)),
-                at(100),
-                false,
-                Some(at(110)),
-            ),
-            (
-                "a lapse when one is due later",
-                Some(at(200)),
-                Some(at(70)),
-                at(100),
-                false,
-                Some(at(120)),
-            ),
-            (
-                "due and lapsed",
-                Some(at(100)),
-                Some(at(60)),
-                at(100),
-                true,
-                None,
-            ),
+            ("a renewal 30 s late", None, Some(at(70)), at(100), false, Some(at(120))),
+            ("a lapse when one is due sooner", Some(at(110)), Some(at(70)), at(100), false, Some(at(110))),
+            ("a lapse when one is due later", Some(at(200)), Some(at(70)), at(100), false, Some(at(120))),
+            ("due and lapsed", Some(at(100)), Some(at(60)), at(100), true, None),
             ("29 s is no lapse", None, Some(at(71)), at(100), false, None),
         ];
         for (case, schedule, previous, now, confirm, next) in cases {
