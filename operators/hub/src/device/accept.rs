@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use edgefleet_api::devices::Device;
 use edgefleet_channel::Message;
@@ -76,6 +76,11 @@ pub fn on_report(
     });
 }
 
+/// How long a report waits for a turn to read an uncached Device before it is answered busy: a
+/// burst from one node waits (a few reads at most), a replica with a cold cache under a whole
+/// fleet's reports sheds them instead of queueing for ever.
+pub const READ_WAIT: Duration = Duration::from_secs(5);
+
 /// Whether the device `ns/name` is bound to `node`: from the hub's cache when held, else read.
 async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'static str, String)> {
     let cached = hub
@@ -90,9 +95,10 @@ async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'stat
     let bound_to = match cached {
         Some(n) => n,
         None => {
-            // Not cached yet: a bounded read, or busy (the edge resends; the fetcher fills the
-            // cache meanwhile).
-            let Ok(_read) = hub.devices.reads.try_acquire() else {
+            // Not cached yet: a bounded read (a burst waits its turn briefly), or busy (the edge
+            // resends; the fetcher fills the cache meanwhile).
+            let Ok(Ok(_read)) = tokio::time::timeout(READ_WAIT, hub.devices.reads.acquire()).await
+            else {
                 return Err((
                     "busy",
                     "busy: the device is not cached on this replica yet; resend".into(),

@@ -76,7 +76,8 @@ pub struct Devices {
     /// that version (or [`WRITTEN_KEPT`]): the next write merges into it without a read.
     pub written: Mutex<HashMap<DeviceKey, (Instant, Arc<Device>)>>,
     /// Reads of a Device the object cache does not hold yet (a report's binding check): at most
-    /// [`DEVICE_READS_IN_FLIGHT`] at once, beyond that a report is answered busy at once.
+    /// [`DEVICE_READS_IN_FLIGHT`] at once; a report that waits longer than
+    /// [`accept::READ_WAIT`] for its turn is answered busy.
     pub reads: tokio::sync::Semaphore,
 }
 
