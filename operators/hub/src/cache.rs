@@ -291,6 +291,23 @@ impl Caches {
             .unwrap_or_default()
     }
 
+    /// Whether `node` has a live (not deleting) sync for the object `t` `ns/name`: what the
+    /// objectsync operator bound to it, known without the object itself.
+    pub fn node_syncs(&self, node: &str, t: ResourceType, ns: &str, name: &str) -> bool {
+        let Some(kind) = t.kind() else {
+            return false;
+        };
+        self.syncs_of(node)
+            .iter()
+            .filter(|(sync_ns, _)| sync_ns == ns)
+            .filter_map(|(sync_ns, sync_name)| self.sync(sync_ns, sync_name))
+            .any(|s| {
+                s.spec.object_kind == kind
+                    && s.spec.object_name == name
+                    && s.metadata.deletion_timestamp.is_none()
+            })
+    }
+
     pub fn nodes_of(&self, uid: &str) -> Vec<String> {
         lock(&self.index)
             .by_uid
@@ -417,6 +434,43 @@ mod tests {
         // Syncs are looked up in their namespace's store only.
         assert!(caches.sync("ns", "x").is_none());
         assert_eq!(caches.syncs.len(), 2);
+    }
+
+    /// A device report's binding check needs no Device: the node's live sync for it is enough.
+    #[test]
+    fn a_node_syncs_what_its_live_syncs_name_and_nothing_else() {
+        let (caches, mut w) = Caches::new(&[None]);
+        let name = format!("edge-1.{UID}");
+        let mut device = sync();
+        device.spec.object_kind = "Device".into();
+        device.spec.object_name = "thermo".into();
+        w.syncs[0]
+            .1
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(device.clone()));
+        lock(&caches.index).add("edge-1", UID, "ns", &name);
+        let t = ResourceType::Device;
+        assert!(caches.node_syncs("edge-1", t, "ns", "thermo"));
+        assert!(
+            !caches.node_syncs("edge-2", t, "ns", "thermo"),
+            "another node"
+        );
+        assert!(
+            !caches.node_syncs("edge-1", t, "other", "thermo"),
+            "another namespace"
+        );
+        assert!(
+            !caches.node_syncs("edge-1", t, "ns", "other"),
+            "another device"
+        );
+        assert!(!caches.node_syncs("edge-1", ResourceType::ConfigMap, "ns", "thermo"));
+        // Being deleted from the edge (the Device moved away): no longer bound.
+        device.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        w.syncs[0]
+            .1
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(device));
+        assert!(!caches.node_syncs("edge-1", t, "ns", "thermo"));
     }
 
     #[tokio::test]

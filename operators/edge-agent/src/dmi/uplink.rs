@@ -22,10 +22,18 @@ use tokio::time::Instant;
 
 use super::book::{Book, DeviceKey, Pending};
 
-/// An unanswered report is sent again after this long (KubeEdge: 60 s idle).
-pub const RESEND_AFTER: Duration = Duration::from_secs(30);
+/// An unanswered report is sent again after this long (KubeEdge: 60 s idle). Longer than the
+/// hub's wait for a status write (`device::Settings::answer_timeout`, 30 s), so a full hub's
+/// `busy` arrives first and holds the session back, rather than a resend on top of it.
+pub const RESEND_AFTER: Duration = Duration::from_secs(45);
 /// Reports waiting for the hub's answer, per session (the hub takes up to 512).
 pub const MAX_IN_FLIGHT: usize = 256;
+/// After a `busy` answer the session sends no report for this long, doubling with each busy
+/// answer in a row up to [`BUSY_HOLD_MAX`] (a random half to whole of it, so a fleet told busy
+/// at once does not come back at once). Sent again at once, a fleet's busy reports were four
+/// thousand a second of work that a full hub refused again (README, `hack/bench/devices`).
+pub const BUSY_HOLD_MIN: Duration = Duration::from_secs(2);
+pub const BUSY_HOLD_MAX: Duration = Duration::from_secs(60);
 
 /// Where a session finds the reports to send.
 #[derive(Clone)]
@@ -40,6 +48,18 @@ pub struct Uplink {
     source: UplinkSource,
     /// msg_id → what that message carried.
     in_flight: HashMap<String, (DeviceKey, Pending, Instant)>,
+    /// No report goes before this (the hub answered busy).
+    hold_until: Option<Instant>,
+    /// Busy answers in a row.
+    busy_streak: u32,
+}
+
+/// How long to hold reports back after the `streak`-th busy answer in a row, before jitter.
+pub fn busy_hold(streak: u32) -> Duration {
+    let doublings = streak.saturating_sub(1).min(16);
+    BUSY_HOLD_MIN
+        .saturating_mul(1 << doublings)
+        .min(BUSY_HOLD_MAX)
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -134,6 +154,8 @@ impl Uplink {
         Uplink {
             source,
             in_flight: HashMap::new(),
+            hold_until: None,
+            busy_streak: 0,
         }
     }
 
@@ -147,6 +169,9 @@ impl Uplink {
         let now = Instant::now();
         self.in_flight
             .retain(|_, (_, _, sent)| now.duration_since(*sent) < RESEND_AFTER);
+        if self.hold_until.is_some_and(|until| now < until) {
+            return Vec::new();
+        }
         let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
         if room == 0 {
             return Vec::new();
@@ -196,27 +221,41 @@ impl Uplink {
         out
     }
 
-    /// Takes the hub's answer to one of our reports; false for any other frame.
+    /// Takes the hub's answer to one of our reports (also a late one, to a report already
+    /// resent); false for any other frame.
     pub fn on_frame(&mut self, text: &str) -> bool {
-        if self.in_flight.is_empty() {
+        if !text.contains("\"device/") {
             return false;
         }
         let Ok(message) = Message::parse(text) else {
             return false;
         };
-        let Some((device, sent, _)) = self.in_flight.remove(&message.header.parent_id) else {
+        let answer = matches!(
+            message.operation(),
+            Ok(Operation::Response | Operation::Error)
+        );
+        if !answer || !message.route.resource.starts_with("device/") {
             return false;
+        }
+        let Some((device, sent, _)) = self.in_flight.remove(&message.header.parent_id) else {
+            // Late: its report was sent again meanwhile, and that one's answer counts.
+            return true;
         };
         match message.operation() {
             Ok(Operation::Response) => {
+                self.busy_streak = 0;
                 if let Err(e) = self.source.book.taken(&device, &sent) {
                     tracing::error!(error = %e, "dmi book");
                 }
             }
             _ => {
                 let reason = message.content.as_str().unwrap_or_default();
-                // `busy`: the hub is full; the report stays pending and goes again later.
-                if !reason.starts_with("busy") {
+                if reason.starts_with("busy") {
+                    // The hub is full: the report stays pending, and none goes for a while.
+                    self.busy_streak = self.busy_streak.saturating_add(1);
+                    let hold = busy_hold(self.busy_streak).mul_f64(0.5 + fastrand::f64() / 2.0);
+                    self.hold_until = Some(Instant::now() + hold);
+                } else {
                     tracing::warn!(device = ?device, %reason, "hub refused a device report");
                     let _ = self.source.book.taken(&device, &sent);
                 }
@@ -225,9 +264,11 @@ impl Uplink {
         true
     }
 
-    /// A new session: everything unanswered goes again.
+    /// A new session: everything unanswered goes again, at once.
     pub fn reset(&mut self) {
         self.in_flight.clear();
+        self.hold_until = None;
+        self.busy_streak = 0;
     }
 }
 
@@ -318,5 +359,60 @@ mod tests {
         // Versions grow per property across reports.
         let v_old = update.twin["a"].actual_version.unwrap().edge;
         assert!(v_old > 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_hub_is_left_alone_for_a_while_and_late_answers_are_taken_quietly() {
+        let src = source();
+        let mut up = Uplink::new(src.clone());
+        src.book
+            .record_twins(&dev(), vec![report("a", "1", 100)])
+            .unwrap();
+        let sent = up.due(1);
+        assert_eq!(sent.len(), 1);
+        assert!(up.on_frame(&answer(&sent[0], false)));
+        // Still pending, but held back: nothing goes, even with a newer value.
+        src.book
+            .record_twins(&dev(), vec![report("a", "2", 200)])
+            .unwrap();
+        assert!(up.due(2).is_empty());
+        // A late answer to a report no longer awaited is ours, not a refused hub message.
+        assert!(up.on_frame(&answer(&sent[0], false)));
+        // Another hub frame is not.
+        let other = Message::new(
+            "edgecontroller",
+            "resource",
+            Operation::Insert,
+            &edgefleet_channel::Resource::new(
+                "ns",
+                edgefleet_channel::ResourceType::ConfigMap,
+                "c",
+            ),
+        );
+        assert!(!up.on_frame(&other.to_frame()));
+        // A new session sends at once.
+        up.reset();
+        assert_eq!(up.due(3).len(), 1);
+    }
+
+    #[test]
+    fn busy_holds_double_up_to_a_minute() {
+        let cases = [
+            (1, 2),
+            (2, 4),
+            (3, 8),
+            (4, 16),
+            (5, 32),
+            (6, 60),
+            (7, 60),
+            (40, 60),
+        ];
+        for (streak, secs) in cases {
+            assert_eq!(
+                busy_hold(streak),
+                Duration::from_secs(secs),
+                "streak {streak}"
+            );
+        }
     }
 }

@@ -94,6 +94,18 @@ async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'stat
         });
     let bound_to = match cached {
         Some(n) => n,
+        // Not cached (a replica that has not fetched it yet), but the objectsync operator gave
+        // this node a sync for it: bound, with no read (a cold replica under a whole fleet's
+        // reports once read a Device per report).
+        None if hub.caches.node_syncs(
+            node,
+            ResourceType::Device,
+            &route.namespace,
+            &route.name,
+        ) =>
+        {
+            Some(node.to_string())
+        }
         None => {
             // Not cached yet: a bounded read (a burst waits its turn briefly), or busy (the edge
             // resends; the fetcher fills the cache meanwhile).
