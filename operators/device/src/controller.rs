@@ -280,6 +280,12 @@ async fn drive<K: Table>(
     }
 }
 
+/// Managed fields are never read here, and with two writers on every Device (the hub's twins,
+/// this operator's conditions) they were most of what the index held per Device.
+fn forget_managed_fields(device: &mut Device) {
+    device.metadata.managed_fields = None;
+}
+
 fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -459,7 +465,8 @@ pub async fn run(
             [
                 drive(
                     watcher(api::<Device>(&client, ns), watcher::Config::default())
-                        .default_backoff(),
+                        .default_backoff()
+                        .modify(forget_managed_fields),
                     ns.clone(),
                     shared.clone(),
                 )

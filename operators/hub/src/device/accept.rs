@@ -41,7 +41,7 @@ pub fn on_report(
     session: &Arc<Session>,
     tx: &mpsc::Sender<WsMessage>,
     route: DeviceRoute,
-    msg: Message,
+    mut msg: Message,
 ) {
     let metrics = &hub.metrics.devices;
     let topic = topic_label(route.topic);
@@ -53,8 +53,10 @@ pub fn on_report(
         return;
     }
     let (hub, session, tx) = (hub.clone(), session.clone(), tx.clone());
+    // The answer needs only the header and route; the content is not held while it waits.
+    let content = std::mem::take(&mut msg.content);
     tokio::spawn(async move {
-        let result = take(&hub, &session.node, &route, &msg.content).await;
+        let result = take(&hub, &session.node, &route, content).await;
         let label = match &result {
             Ok(()) => "accepted",
             Err((label, _)) => label,
@@ -147,13 +149,14 @@ async fn take(
     hub: &Hub,
     node: &str,
     route: &DeviceRoute,
-    content: &Value,
+    content: Value,
 ) -> Result<(), (&'static str, String)> {
     let parsed = match route.topic {
-        DeviceTopic::TwinEdgeUpdated => DeviceTwinUpdate::parse(content).map(Parsed::Twins),
-        DeviceTopic::StateUpdate => DeviceStateUpdate::parse(content).map(Parsed::State),
+        DeviceTopic::TwinEdgeUpdated => DeviceTwinUpdate::parse(&content).map(Parsed::Twins),
+        DeviceTopic::StateUpdate => DeviceStateUpdate::parse(&content).map(Parsed::State),
     }
     .map_err(|e| ("malformed", e.to_string()))?;
+    drop(content);
     bound(hub, node, route).await?;
     let metrics = &hub.metrics.devices;
     let key = (route.namespace.clone(), route.name.clone());
@@ -173,6 +176,8 @@ async fn take(
         }
         r
     };
+    // On the board now (copied): not held while the write is awaited.
+    drop(parsed);
     match offered {
         Ok(o) => {
             if o.older > 0 {

@@ -211,8 +211,11 @@ async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
             .patch_status(&key.1, &params, &Patch::Apply(&body))
             .await
         {
-            Ok(written) => {
+            Ok(mut written) => {
                 metrics.writes.with_label_values(&["ok"]).inc();
+                // Kept up to WRITTEN_KEPT for the next merge, which never reads managed fields:
+                // with two writers per Device they were most of its size.
+                written.metadata.managed_fields = None;
                 lock(&hub.devices.written).insert(key.clone(), (Instant::now(), Arc::new(written)));
                 done(hub, &key, entry, &Ok(()));
                 return;
