@@ -399,18 +399,13 @@ impl Book {
         Ok(self.inner()?.states.get(device).cloned())
     }
 
-    /// Everything the hub has not taken yet, per device (at most `max_devices`, none of those
-    /// `skip` names: a device whose report is still on its way is passed over, not counted).
-    pub fn pending(
-        &self,
-        max_devices: usize,
-        skip: impl Fn(&DeviceKey) -> bool,
-    ) -> Result<BTreeMap<DeviceKey, Pending>, BookError> {
+    /// Everything the hub has not taken yet, per device (at most `max_devices`).
+    pub fn pending(&self, max_devices: usize) -> Result<BTreeMap<DeviceKey, Pending>, BookError> {
         let inner = self.inner()?;
         let mut out: BTreeMap<DeviceKey, Pending> = BTreeMap::new();
         for ((ns, dev, prop), t) in inner.twins.iter().filter(|(_, t)| t.pending) {
             let key = (ns.clone(), dev.clone());
-            if out.len() >= max_devices && !out.contains_key(&key) || skip(&key) {
+            if out.len() >= max_devices && !out.contains_key(&key) {
                 continue;
             }
             out.entry(key)
@@ -419,7 +414,7 @@ impl Book {
                 .insert(prop.clone(), t.clone());
         }
         for (key, s) in inner.states.iter().filter(|(_, s)| s.pending) {
-            if out.len() >= max_devices && !out.contains_key(key) || skip(key) {
+            if out.len() >= max_devices && !out.contains_key(key) {
                 continue;
             }
             out.entry(key.clone()).or_default().state = Some(s.clone());
@@ -540,14 +535,14 @@ mod tests {
             book.record_twins(&dev(), vec![twin("b", &i.to_string(), 100 + i)])
                 .unwrap();
         }
-        let pending = book.pending(10, |_| false).unwrap();
+        let pending = book.pending(10).unwrap();
         assert_eq!(pending[&dev()].twins.len(), 2);
         assert_eq!(pending[&dev()].twins["b"].reported, "99");
         // A new value arriving while the batch is in flight stays pending after the ACK.
         book.record_twins(&dev(), vec![twin("b", "100", 500)])
             .unwrap();
         book.taken(&dev(), &pending[&dev()]).unwrap();
-        let left = book.pending(10, |_| false).unwrap();
+        let left = book.pending(10).unwrap();
         assert_eq!(left[&dev()].twins.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(left[&dev()].twins["b"].reported, "100");
         // The cap on properties refuses new ones, never grows past it.
@@ -563,7 +558,7 @@ mod tests {
         );
         book.record_state(&dev(), "online".into(), 5).unwrap();
         assert_eq!(
-            book.pending(10, |_| false).unwrap()[&dev()]
+            book.pending(10).unwrap()[&dev()]
                 .state
                 .as_ref()
                 .unwrap()

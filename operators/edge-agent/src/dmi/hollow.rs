@@ -126,7 +126,7 @@ mod tests {
         }
         cancel.cancel();
         task.await.unwrap();
-        let pending = source.book.pending(100, |_| false).unwrap();
+        let pending = source.book.pending(100).unwrap();
         assert_eq!(pending.len(), 3);
         assert_eq!(
             pending[&key].twins.len(),

@@ -4,13 +4,14 @@
 //! value. A report leaves the pending set only when the hub answers `"OK"` for exactly that
 //! version; a newer value that arrived meanwhile stays pending. Unanswered reports are resent
 //! after [`RESEND_AFTER`], and all of them on a new session (the hub drops an older resend).
-//! One report per device is on its way at a time; a `busy` answer holds the session's reports
+//! A newer value goes while an older report of the device waits (the hub's board merges them, so
+//! what it writes is the freshest value it has); a `busy` answer holds the session's reports
 //! back for a while ([`busy_hold`]).
 //!
 //! `actual_version.edge` is the book's arrival counter: it grows, per property too, and is
 //! persisted with the value, so the hub orders reports across agent restarts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,10 +166,8 @@ impl Uplink {
         self.source.reported.clone()
     }
 
-    /// What to send now: the pending reports of devices with no report waiting for an answer
-    /// (or waiting too long), within the in-flight bound. One report per device on its way at
-    /// a time: values that arrive meanwhile go together, newest only, once it is answered, so
-    /// a slow hub gets fewer reports, not a queue of outdated ones.
+    /// What to send now: pending reports not already waiting for an answer (or waiting too
+    /// long), within the in-flight bound.
     pub fn due(&mut self, now_ms: i64) -> Vec<Message> {
         let now = Instant::now();
         self.in_flight
@@ -176,13 +175,11 @@ impl Uplink {
         if self.hold_until.is_some_and(|until| now < until) {
             return Vec::new();
         }
-        // A device may send a twin and a state report at once: room is counted in pairs.
-        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len()) / 2;
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
         if room == 0 {
             return Vec::new();
         }
-        let waiting: HashSet<&DeviceKey> = self.in_flight.values().map(|(k, ..)| k).collect();
-        let pending = match self.source.book.pending(room, |k| waiting.contains(k)) {
+        let pending = match self.source.book.pending(room) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "dmi book");
@@ -190,7 +187,19 @@ impl Uplink {
             }
         };
         let mut out = Vec::new();
-        for (device, p) in pending {
+        for (device, mut p) in pending {
+            // Leave out what is already on its way at the same version.
+            for (_, (_, sent, _)) in self.in_flight.iter().filter(|(_, (k, ..))| k == &device) {
+                p.twins
+                    .retain(|name, t| sent.twins.get(name).is_none_or(|s| s.seq != t.seq));
+                if p.state
+                    .as_ref()
+                    .zip(sent.state.as_ref())
+                    .is_some_and(|(a, b)| a.seq == b.seq)
+                {
+                    p.state = None;
+                }
+            }
             let twins = Pending {
                 twins: p.twins.into_iter().take(MAX_TWINS_PER_REPORT).collect(),
                 state: None,
@@ -333,7 +342,6 @@ mod tests {
         src.book
             .record_twins(&dev(), vec![report("a", "new", 999)])
             .unwrap();
-        assert!(up.due(3).is_empty(), "one report per device on its way");
         assert!(up.on_frame(&answer(&sent[0], true)));
         assert!(up.on_frame(&answer(&sent[1], true)));
         let again = up.due(3);
@@ -350,7 +358,7 @@ mod tests {
         assert_eq!(resent.len(), 1);
         assert!(up.on_frame(&answer(&resent[0], true)));
         assert!(up.due(5).is_empty());
-        assert!(src.book.pending(10, |_| false).unwrap().is_empty());
+        assert!(src.book.pending(10).unwrap().is_empty());
         // Versions grow per property across reports.
         let v_old = update.twin["a"].actual_version.unwrap().edge;
         assert!(v_old > 0);
