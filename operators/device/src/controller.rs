@@ -280,12 +280,6 @@ async fn drive<K: Table>(
     }
 }
 
-/// Managed fields are never read here, and with two writers on every Device (the hub's twins,
-/// this operator's conditions) they were most of what the index held per Device.
-fn forget_managed_fields(device: &mut Device) {
-    device.metadata.managed_fields = None;
-}
-
 fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -466,7 +460,9 @@ pub async fn run(
                 drive(
                     watcher(api::<Device>(&client, ns), watcher::Config::default())
                         .default_backoff()
-                        .modify(forget_managed_fields),
+                        // Never read here; with two writers per Device (the hub's twins, this
+                        // operator's conditions) most of what the index held per Device.
+                        .modify(edgefleet_kit::forget_managed_fields),
                     ns.clone(),
                     shared.clone(),
                 )

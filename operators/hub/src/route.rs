@@ -174,10 +174,6 @@ fn on_object(hub: &Hub, t: ResourceType, obj: &Arc<DynamicObject>) {
     }
 }
 
-fn strip_managed_fields<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-}
-
 fn objects_api(
     client: &kube::Client,
     t: ResourceType,
@@ -201,7 +197,7 @@ pub async fn get_object(
         return Ok(None);
     };
     Ok(api.get_opt(name).await?.map(|mut o| {
-        strip_managed_fields(&mut o);
+        edgefleet_kit::forget_managed_fields(&mut o);
         Arc::new(o)
     }))
 }
@@ -339,7 +335,7 @@ fn watch_objects(
     Some(
         watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(strip_managed_fields)
+            .modify(edgefleet_kit::forget_managed_fields)
             .for_each(move |ev| {
                 match ev {
                     Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {

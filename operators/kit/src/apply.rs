@@ -149,6 +149,12 @@ fn apply_error<K: Resource<DynamicType = ()>>(name: &str, source: kube::Error) -
     }
 }
 
+/// Drops an object's managed fields: for what a process keeps in memory and never applies back
+/// (a cache, a merge base). With several field managers they are often most of an object.
+pub fn forget_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

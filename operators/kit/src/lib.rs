@@ -60,7 +60,7 @@ pub mod shutdown;
 pub mod start;
 pub mod telemetry;
 
-pub use apply::{apply, apply_params, apply_status};
+pub use apply::{apply, apply_params, apply_status, forget_managed_fields};
 pub use cli::{CommonArgs, LogFormat};
 pub use client::{
     API_CALL_TIMEOUT, BoundRequestsLayer, CountRequestsLayer, client_with_metrics,

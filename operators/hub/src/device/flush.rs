@@ -215,7 +215,7 @@ async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
                 metrics.writes.with_label_values(&["ok"]).inc();
                 // Kept up to WRITTEN_KEPT for the next merge, which never reads managed fields:
                 // with two writers per Device they were most of its size.
-                written.metadata.managed_fields = None;
+                edgefleet_kit::forget_managed_fields(&mut written);
                 lock(&hub.devices.written).insert(key.clone(), (Instant::now(), Arc::new(written)));
                 done(hub, &key, entry, &Ok(()));
                 return;
