@@ -266,11 +266,9 @@ pub fn online(device: &Device, session: SessionUp) -> (&'static str, &'static st
         }
         Some(true) => {}
     }
+    // No time in the message: `lastOnlineTime` moves on every state report, and a message
+    // that moved with it would be one more status write per report.
     let status = device.status.as_ref();
-    let last = status
-        .and_then(|s| s.last_online_time.as_deref())
-        .filter(|t| !t.is_empty());
-    let since = last.map_or(String::new(), |t| format!(", last online {t}"));
     match status
         .and_then(|s| s.state.as_deref())
         .filter(|s| !s.is_empty())
@@ -280,15 +278,13 @@ pub fn online(device: &Device, session: SessionUp) -> (&'static str, &'static st
             "NotReported",
             format!("node {node} is connected; the mapper reported no state yet"),
         ),
-        Some(_) if DeviceState::of(device) == DeviceState::Online => (
-            "True",
-            "Online",
-            format!("reported online on node {node}{since}"),
-        ),
+        Some(_) if DeviceState::of(device) == DeviceState::Online => {
+            ("True", "Online", format!("reported online on node {node}"))
+        }
         Some(state) => (
             "False",
             "DeviceOffline",
-            format!("reported {state} on node {node}{since}"),
+            format!("reported {state} on node {node}"),
         ),
     }
 }
@@ -548,11 +544,7 @@ mod tests {
         status.last_online_time = Some("2026-12-02T10:00:00Z".into());
         assert_eq!(
             online(&d, Some(true)),
-            (
-                "True",
-                "Online",
-                "reported online on node edge-0000, last online 2026-12-02T10:00:00Z".into()
-            )
+            ("True", "Online", "reported online on node edge-0000".into())
         );
         assert_eq!(online(&d, Some(false)).0, "False");
         if let Some(s) = d.status.as_mut() {

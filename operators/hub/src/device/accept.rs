@@ -1,5 +1,6 @@
-//! Taking one device report from a session: parse, check the binding, put it on the board, and
-//! answer once it is written. Refusals are answered (`error` with the reason) and counted; the
+//! Taking one device report from a session: parse, check the binding, classify it against the
+//! Device as the hub knows it (a value change, only times to renew, nothing), put it on the
+//! board, and answer once it is written (at once when nothing of it waits for the write). Refusals are answered (`error` with the reason) and counted; the
 //! session is never closed for a bad report.
 
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::MAX_WAITING_PER_SESSION;
-use super::board::{Refusal, Report};
+use super::base::known;
+use super::board::{Class, DeviceKey, Pending, Refusal, Report, Taken};
+use super::merge::{Change, merge};
 use crate::hub::{Hub, Session};
 use crate::lock;
 
@@ -144,6 +147,52 @@ async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'stat
     }
 }
 
+/// What `parsed` would change in `key`'s Device as the hub knows it, with no read (a Device not
+/// known is a [`Class::Change`]: the writer reads it). Counts what the classification settles.
+fn classify(hub: &Hub, key: &DeviceKey, parsed: &Parsed) -> Class {
+    let epoch = lock(&hub.devices.board).epoch();
+    let Some((device, _)) = known(hub, key) else {
+        return Class::Change;
+    };
+    let mut alone = Pending::default();
+    match parsed {
+        Parsed::Twins(u) => {
+            alone.add_twins(u);
+        }
+        Parsed::State(u) => {
+            alone.add_state(u);
+        }
+    }
+    let refresh_ms = i64::try_from(hub.devices.settings.refresh.as_millis()).unwrap_or(i64::MAX);
+    let merged = merge(
+        &device,
+        &alone,
+        refresh_ms,
+        &jiff::Timestamp::now().to_string(),
+    );
+    match merged.change {
+        Change::Value => Class::Change,
+        Change::Refresh { since_ms } => Class::Refresh { since_ms },
+        Change::Nothing => {
+            // Not written, so the writer will not count these: counted here.
+            let metrics = &hub.metrics.devices;
+            if !merged.unknown.is_empty() {
+                metrics
+                    .unknown_properties
+                    .with_label_values(&[&key.0])
+                    .inc_by(u64::try_from(merged.unknown.len()).unwrap_or(0));
+            }
+            if merged.older > 0 {
+                metrics
+                    .older
+                    .with_label_values(&["status"])
+                    .inc_by(u64::try_from(merged.older).unwrap_or(0));
+            }
+            Class::Settled { epoch }
+        }
+    }
+}
+
 /// Parses, checks and puts the report on the board, then waits for its write.
 async fn take(
     hub: &Hub,
@@ -160,6 +209,7 @@ async fn take(
     bound(hub, node, route).await?;
     let metrics = &hub.metrics.devices;
     let key = (route.namespace.clone(), route.name.clone());
+    let class = classify(hub, &key, &parsed);
     let (waiter, answered) = oneshot::channel();
     let offered = {
         let mut board = lock(&hub.devices.board);
@@ -167,11 +217,9 @@ async fn take(
             Parsed::Twins(u) => Report::Twins(u),
             Parsed::State(u) => Report::State(u),
         };
-        let r = board.offer(&key, report, waiter, Instant::now());
-        metrics
-            .pending
-            .set(i64::try_from(board.len()).unwrap_or(i64::MAX));
-        if board.len() * 2 > hub.devices.settings.pending_max {
+        let r = board.offer(&key, report, class, waiter, Instant::now());
+        metrics.waiting(&board);
+        if board.changes() * 2 > hub.devices.settings.pending_max {
             hub.devices.wake.notify_one();
         }
         r
@@ -185,6 +233,23 @@ async fn take(
                     .older
                     .with_label_values(&["board"])
                     .inc_by(u64::try_from(o.older).unwrap_or(0));
+            }
+            let settled = match o.taken {
+                Taken::Waiting => None,
+                Taken::Unchanged => Some("unchanged"),
+                Taken::RefreshQueued { evicted } => {
+                    if evicted {
+                        metrics
+                            .settled
+                            .with_label_values(&["refresh_deferred"])
+                            .inc();
+                    }
+                    Some("refresh_queued")
+                }
+                Taken::RefreshDeferred => Some("refresh_deferred"),
+            };
+            if let Some(how) = settled {
+                metrics.settled.with_label_values(&[how]).inc();
             }
         }
         Err((refusal, _)) => {

@@ -1,5 +1,6 @@
 //! The device status writer: every flush interval it starts writes for the devices with
-//! reports waiting, oldest first, within a write budget (`writes_per_second`) and `writers`
+//! reports waiting — value changes oldest first, then refreshes stalest first with the budget
+//! left ([`super::board`]) — within a write budget (`writes_per_second`) and `writers`
 //! in flight; each write merges (pure) into the Device as the hub last saw it and applies the
 //! hub's fields (server-side apply), and the reports are answered.
 //!
@@ -18,17 +19,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgefleet_api::devices::Device;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::Semaphore;
 
+use super::base::known;
 use super::board::{DeviceKey, Pending};
 use super::merge::merge;
 use super::{Devices, WRITTEN_KEPT};
 use crate::hub::Hub;
 use crate::lock;
 use crate::wire::FIELD_MANAGER;
-use edgefleet_channel::resource::ResourceType;
 
 /// Flushes an entry may fail before its reports are given up.
 pub const MAX_FAILURES: u32 = 3;
@@ -71,11 +71,7 @@ pub async fn run(hub: Arc<Hub>) {
                 }
             });
         }
-        let left = lock(&hub.devices.board).len();
-        hub.metrics
-            .devices
-            .pending
-            .set(i64::try_from(left).unwrap_or(i64::MAX));
+        hub.metrics.devices.waiting(&lock(&hub.devices.board));
     }
 }
 
@@ -116,44 +112,17 @@ fn forget_old_writes(devices: &Devices, now: Instant) {
     lock(&devices.written).retain(|_, (at, _)| now.saturating_duration_since(*at) < WRITTEN_KEPT);
 }
 
-/// The resourceVersion as a number: etcd's revision, which orders versions of one object.
-fn version(d: &Device) -> Option<u64> {
-    d.resource_version()?.parse().ok()
-}
-
-/// The Device as the hub last saw it without a read: the newer of the watch cache and the
-/// answer to its own last write. `None` when it holds neither (the caller reads it).
-fn known(hub: &Hub, key: &DeviceKey) -> Option<(Device, &'static str)> {
-    let cached = hub
-        .caches
-        .object(ResourceType::Device, &key.0, &key.1)
-        .and_then(|o| serde_json::to_value(o.as_ref()).ok())
-        .and_then(|v| serde_json::from_value::<Device>(v).ok());
-    let written = lock(&hub.devices.written)
-        .get(key)
-        .map(|(_, d)| d.as_ref().clone());
-    newer(cached, written)
-}
-
-/// The newer of the cached Device and the answer to the hub's own last write (pure).
-fn newer(cached: Option<Device>, written: Option<Device>) -> Option<(Device, &'static str)> {
-    match (cached, written) {
-        (Some(c), Some(w)) if version(&w) > version(&c) => Some((w, "written")),
-        (Some(c), _) => Some((c, "cache")),
-        (None, Some(w)) => Some((w, "written")),
-        (None, None) => None,
-    }
-}
-
 fn done(hub: &Hub, key: &DeviceKey, entry: Pending, result: &Result<(), String>) {
     lock(&hub.devices.board).written(key);
-    if let Some(since) = entry.since
-        && result.is_ok()
-    {
-        hub.metrics
-            .devices
-            .lag
-            .observe(since.elapsed().as_secs_f64());
+    if result.is_ok() {
+        let metrics = &hub.metrics.devices;
+        if let Some(since) = entry.since {
+            metrics.lag.observe(since.elapsed().as_secs_f64());
+        }
+        if let Some(stored_ms) = entry.refresh {
+            let age_ms = jiff::Timestamp::now().as_millisecond() - stored_ms;
+            metrics.refresh_age.observe(age_ms.max(0) as f64 / 1000.0);
+        }
     }
     entry.answer(result);
 }
@@ -259,40 +228,5 @@ mod tests {
         assert_eq!(b.available(t0 + Duration::from_millis(300)), 1);
         // A long quiet spell gives a second's worth, not more.
         assert_eq!(b.available(t0 + Duration::from_secs(60)), 10);
-    }
-
-    fn at(rv: &str) -> Device {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
-            "metadata": {"name": "d", "namespace": "ns", "resourceVersion": rv},
-            "spec": {"deviceModelRef": {"name": "m"}},
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_newer_of_the_cache_and_the_own_last_write_is_the_base() {
-        let rv = |x: Option<(Device, &'static str)>| {
-            x.map(|(d, source)| (d.resource_version().unwrap(), source))
-        };
-        // The watch has not brought the hub's own write back yet: its answer is newer.
-        assert_eq!(
-            rv(newer(Some(at("10")), Some(at("12")))),
-            Some(("12".into(), "written"))
-        );
-        // Someone wrote after the hub (another replica, the device operator): the cache wins.
-        assert_eq!(
-            rv(newer(Some(at("15")), Some(at("12")))),
-            Some(("15".into(), "cache"))
-        );
-        assert_eq!(
-            rv(newer(Some(at("12")), Some(at("12")))),
-            Some(("12".into(), "cache"))
-        );
-        assert_eq!(
-            rv(newer(None, Some(at("3")))),
-            Some(("3".into(), "written"))
-        );
-        assert_eq!(rv(newer(None, None)), None);
     }
 }

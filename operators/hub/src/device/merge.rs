@@ -12,7 +12,8 @@
 //! | a property's report older than the stored one (by `(version, timestamp)`) is dropped | KubeEdge #4437: a resent report flips values back |
 //! | a state report whose `lastOnlineTime` is older than the stored one is dropped | same, for state |
 //! | a report for a property `spec.properties` does not declare is not written, counted and named in `UnknownReportedProperty` | KubeEdge #5468 drops it silently |
-//! | nothing is written when no value, type, desired value or state changed; a timestamp alone is refreshed at most once per `refresh` | KubeEdge #3761: one PATCH per report |
+//! | nothing is written when no value, type, desired value or state changed; a timestamp alone (a property's read time, `lastOnlineTime`) is refreshed at most once per `refresh` | KubeEdge #3761: one PATCH per report |
+//! | a write that only refreshes times is a [`Change::Refresh`], which waits for spare budget behind value changes | unchanged values once took the whole budget at full load |
 
 use std::collections::BTreeSet;
 
@@ -27,11 +28,39 @@ use super::board::{Pending, PendingTwin};
 pub const CONDITION_UNKNOWN_PROPERTY: &str = "UnknownReportedProperty";
 const UNKNOWN_PREFIX: &str = "reported properties not declared in spec.properties: ";
 
+/// What a merge would write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: every value and state is stored already, and stored recently enough.
+    Nothing,
+    /// Only times are renewed (a value unchanged for `refresh`); `since_ms`: the oldest stored
+    /// time it renews, so the stalest go first.
+    Refresh { since_ms: i64 },
+    /// A value, type, desired value, state or condition changed.
+    Value,
+}
+
+impl Change {
+    /// The larger of two changes (a value change outranks a refresh; two refreshes keep the
+    /// older stored time).
+    fn and(self, other: Change) -> Change {
+        match (self, other) {
+            (Change::Value, _) | (_, Change::Value) => Change::Value,
+            (Change::Refresh { since_ms: a }, Change::Refresh { since_ms: b }) => {
+                Change::Refresh { since_ms: a.min(b) }
+            }
+            (r @ Change::Refresh { .. }, Change::Nothing) | (Change::Nothing, r) => r,
+        }
+    }
+}
+
 /// Result of merging one device's waiting reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Merged {
     /// The server-side apply body, `None` when nothing changed.
     pub apply: Option<Value>,
+    /// What the body changes ([`Change::Nothing`] when `apply` is `None`).
+    pub change: Change,
     /// Reported properties the Device does not declare.
     pub unknown: Vec<String>,
     /// Properties (or the state) older than what the status holds, dropped.
@@ -60,9 +89,9 @@ fn meta(pairs: &[(&str, String)]) -> Option<std::collections::BTreeMap<String, S
 }
 
 /// Folds one pending twin into the stored twin; `None` when it is older than what is stored.
-fn merge_twin(stored: &Twin, p: &PendingTwin, refresh_ms: i64) -> Option<(Twin, bool)> {
+fn merge_twin(stored: &Twin, p: &PendingTwin, refresh_ms: i64) -> Option<(Twin, Change)> {
     let mut out = stored.clone();
-    let mut changed = false;
+    let mut changed = Change::Nothing;
     if let Some((value, at, type_)) = &p.actual {
         if let Some(r) = &stored.reported
             && (p.order.edge_version, p.order.timestamp) < stored_order(r)
@@ -82,16 +111,23 @@ fn merge_twin(stored: &Twin, p: &PendingTwin, refresh_ms: i64) -> Option<(Twin, 
                 ("version", version),
             ]),
         };
-        changed |= match &stored.reported {
-            None => true,
+        changed = changed.and(match &stored.reported {
+            None => Change::Value,
             Some(r) => {
                 let m =
                     |t: &TwinProperty, k: &str| t.metadata.as_ref().and_then(|m| m.get(k)).cloned();
-                r.value != new.value
-                    || m(r, "type") != m(&new, "type")
-                    || at - stored_order(r).1 >= refresh_ms
+                let stored_at = stored_order(r).1;
+                if r.value != new.value || m(r, "type") != m(&new, "type") {
+                    Change::Value
+                } else if at - stored_at >= refresh_ms {
+                    Change::Refresh {
+                        since_ms: stored_at,
+                    }
+                } else {
+                    Change::Nothing
+                }
             }
-        };
+        });
         out.reported = Some(new);
     }
     if let Some((value, at)) = &p.expected {
@@ -107,7 +143,7 @@ fn merge_twin(stored: &Twin, p: &PendingTwin, refresh_ms: i64) -> Option<(Twin, 
             )]),
         };
         if stored.observed_desired.as_ref().map(|o| &o.value) != Some(&new.value) {
-            changed = true;
+            changed = Change::Value;
             out.observed_desired = Some(new);
         }
     }
@@ -130,7 +166,7 @@ pub fn merge(device: &Device, pending: &Pending, refresh_ms: i64, now: &str) -> 
         .map(|p| p.name.as_str())
         .collect();
     let mut twins = status.twins.clone().unwrap_or_default();
-    let mut changed = false;
+    let mut changed = Change::Nothing;
     let mut older = 0;
     let mut unknown = Vec::new();
     for (name, p) in &pending.twins {
@@ -151,7 +187,7 @@ pub fn merge(device: &Device, pending: &Pending, refresh_ms: i64, now: &str) -> 
         match merge_twin(&twins[idx], p, refresh_ms) {
             None => older += 1,
             Some((t, c)) => {
-                changed |= c;
+                changed = changed.and(c);
                 twins[idx] = t;
             }
         }
@@ -162,10 +198,11 @@ pub fn merge(device: &Device, pending: &Pending, refresh_ms: i64, now: &str) -> 
     let mut state = status.state.clone();
     let mut last_online = status.last_online_time.clone();
     if let Some(s) = &pending.state {
-        let is_older = match (
+        let times = (
             rfc3339(&s.last_online_time),
             status.last_online_time.as_deref().and_then(rfc3339),
-        ) {
+        );
+        let is_older = match times {
             (Some(new), Some(stored)) => new < stored,
             _ => false,
         };
@@ -173,13 +210,25 @@ pub fn merge(device: &Device, pending: &Pending, refresh_ms: i64, now: &str) -> 
             older += 1;
         } else {
             if state.as_deref() != Some(s.state.as_str()) {
-                changed = true;
+                changed = Change::Value;
                 state = Some(s.state.clone());
             }
             if !s.last_online_time.is_empty()
                 && last_online.as_deref() != Some(s.last_online_time.as_str())
             {
-                changed = true;
+                // The same state again with a later time (mappers report state every cycle):
+                // a refresh, like an unchanged value.
+                changed = changed.and(match times {
+                    (Some(new), Some(stored)) => {
+                        let (new, stored) = (new.as_millisecond(), stored.as_millisecond());
+                        if new - stored >= refresh_ms {
+                            Change::Refresh { since_ms: stored }
+                        } else {
+                            Change::Nothing
+                        }
+                    }
+                    _ => Change::Value,
+                });
                 last_online = Some(s.last_online_time.clone());
             }
         }
@@ -209,9 +258,13 @@ pub fn merge(device: &Device, pending: &Pending, refresh_ms: i64, now: &str) -> 
     });
     let condition_changed =
         condition.as_ref().map(|(m, _)| m.as_str()) != previous.map(|c| c.message.as_str());
-    if !(changed || condition_changed) {
+    if condition_changed {
+        changed = Change::Value;
+    }
+    if changed == Change::Nothing {
         return Merged {
             apply: None,
+            change: changed,
             unknown,
             older,
         };
@@ -251,6 +304,7 @@ pub fn merge(device: &Device, pending: &Pending, refresh_ms: i64, now: &str) -> 
             "metadata": metadata,
             "status": body_status,
         })),
+        change: changed,
         unknown,
         older,
     }
@@ -330,55 +384,92 @@ mod tests {
 
     #[test]
     fn decides_write_or_not_by_order_and_change() {
-        // (case, stored (value, version, ts), report (value, version, ts), written?, older)
+        const V: Change = Change::Value;
+        const N: Change = Change::Nothing;
+        // (case, stored (value, version, ts), report (value, version, ts), change, older)
         let cases = [
-            ("newer value", ("21", 3, 1000), ("22", 4, 2000), true, 0),
+            ("newer value", ("21", 3, 1000), ("22", 4, 2000), V, 0),
+            ("same value, fresh", ("21", 3, 1000), ("21", 4, 2000), N, 0),
             (
-                "same value, fresh",
-                ("21", 3, 1000),
-                ("21", 4, 2000),
-                false,
-                0,
-            ),
-            (
-                "same value, refresh due",
+                "same value, refresh due: the stored time says how stale",
                 ("21", 3, 1000),
                 ("21", 4, 61_000),
-                true,
+                Change::Refresh { since_ms: 1000 },
                 0,
             ),
-            (
-                "resent older value",
-                ("22", 4, 2000),
-                ("21", 3, 1000),
-                false,
-                1,
-            ),
+            ("resent older value", ("22", 4, 2000), ("21", 3, 1000), N, 1),
             (
                 "older version, later clock",
                 ("22", 4, 2000),
                 ("21", 3, 9000),
-                false,
+                N,
                 1,
             ),
             (
                 "no versions: time decides",
                 ("22", 0, 2000),
                 ("23", 0, 3000),
-                true,
+                V,
                 0,
             ),
         ];
-        for (case, (sv, sver, sts), (rv, rver, rts), written, older) in cases {
+        for (case, (sv, sver, sts), (rv, rver, rts), change, older) in cases {
             let m = merge(
                 &device(stored(sv, sver, sts)),
                 &pending(json!({"temp": twin(rv, rver, rts)}), None),
                 60_000,
                 NOW,
             );
-            assert_eq!(m.apply.is_some(), written, "{case}");
+            assert_eq!(m.change, change, "{case}");
+            assert_eq!(m.apply.is_some(), change != N, "{case}");
             assert_eq!(m.older, older, "{case}");
         }
+    }
+
+    #[test]
+    fn the_same_state_again_is_a_refresh_once_its_time_is_old_enough() {
+        // Stored: online since 2026-01-01T00:00:00Z.
+        let d = device(stored("21", 3, 1000));
+        let cases = [
+            (
+                "same state, 30 s later",
+                "online",
+                "2026-01-01T00:00:30Z",
+                Change::Nothing,
+            ),
+            (
+                "same state, 90 s later",
+                "online",
+                "2026-01-01T00:01:30Z",
+                Change::Refresh {
+                    since_ms: 1_767_225_600_000,
+                },
+            ),
+            (
+                "another state",
+                "offline",
+                "2026-01-01T00:00:30Z",
+                Change::Value,
+            ),
+        ];
+        for (case, state, at, change) in cases {
+            let m = merge(&d, &pending(Value::Null, Some((state, at, 1))), 60_000, NOW);
+            assert_eq!(m.change, change, "{case}");
+            if change != Change::Nothing {
+                assert_eq!(m.apply.unwrap()["status"]["lastOnlineTime"], at, "{case}");
+            }
+        }
+        // A value change and a refresh in one write: a value change.
+        let m = merge(
+            &d,
+            &pending(
+                json!({"temp": twin("25", 4, 2000)}),
+                Some(("online", "2026-01-01T00:01:30Z", 1)),
+            ),
+            60_000,
+            NOW,
+        );
+        assert_eq!(m.change, Change::Value);
     }
 
     #[test]

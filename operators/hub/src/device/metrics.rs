@@ -3,7 +3,11 @@
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
+use super::board::Board;
+
 const LAG_SECONDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+/// Around the refresh period (60 s by default) and the device operator's Stale floor (120 s).
+const REFRESH_AGE_SECONDS: &[f64] = &[30.0, 60.0, 75.0, 90.0, 120.0, 180.0, 300.0, 600.0];
 
 #[derive(Clone, Debug)]
 pub struct DeviceMetrics {
@@ -23,10 +27,18 @@ pub struct DeviceMetrics {
     /// Where a status write found the Device it merged into, by source (`cache`: the hub's
     /// watch cache, `written`: the answer to its own last write, `api`: a read).
     pub reads: IntCounterVec,
-    /// Devices with reports waiting for a write.
+    /// Reports answered at once, without waiting for a write, by how (`unchanged`,
+    /// `refresh_queued`, `refresh_deferred`; see [`super::board::Taken`]).
+    pub settled: IntCounterVec,
+    /// Devices with a value change waiting for a write.
     pub pending: IntGauge,
+    /// Devices waiting only to renew times.
+    pub refresh_pending: IntGauge,
     /// First report of a write → the write done.
     pub lag: Histogram,
+    /// How old the stored times a refresh renewed were: beyond the device operator's Stale
+    /// floor, refreshes do not keep up (more write budget, or a longer refresh).
+    pub refresh_age: Histogram,
 }
 
 impl DeviceMetrics {
@@ -82,9 +94,20 @@ impl DeviceMetrics {
                 ),
                 &["source"],
             )?,
+            settled: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_device_reports_settled_total",
+                    "Device reports answered at once, nothing of them waiting for a write (unchanged) or only their times (refresh_queued, refresh_deferred).",
+                ),
+                &["how"],
+            )?,
             pending: IntGauge::new(
                 "edgefleet_hub_device_pending",
-                "Devices with reports waiting for a status write.",
+                "Devices with a changed value waiting for a status write.",
+            )?,
+            refresh_pending: IntGauge::new(
+                "edgefleet_hub_device_refresh_pending",
+                "Devices waiting only to renew the times of unchanged values (after value changes, with the budget they leave).",
             )?,
             lag: Histogram::with_opts(
                 HistogramOpts::new(
@@ -93,7 +116,21 @@ impl DeviceMetrics {
                 )
                 .buckets(LAG_SECONDS.to_vec()),
             )?,
+            refresh_age: Histogram::with_opts(
+                HistogramOpts::new(
+                    "edgefleet_hub_device_refresh_age_seconds",
+                    "Age of the stored times a refresh renewed (an unchanged value rewritten): past the device operator's --stale-after-seconds, properties show Stale.",
+                )
+                .buckets(REFRESH_AGE_SECONDS.to_vec()),
+            )?,
         })
+    }
+
+    /// The board's gauges.
+    pub fn waiting(&self, board: &Board) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pending.set(gauge(board.changes()));
+        self.refresh_pending.set(gauge(board.refreshes()));
     }
 
     pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
@@ -104,8 +141,11 @@ impl DeviceMetrics {
             Box::new(self.writes.clone()),
             Box::new(self.give_ups.clone()),
             Box::new(self.reads.clone()),
+            Box::new(self.settled.clone()),
             Box::new(self.pending.clone()),
+            Box::new(self.refresh_pending.clone()),
             Box::new(self.lag.clone()),
+            Box::new(self.refresh_age.clone()),
         ]
     }
 }

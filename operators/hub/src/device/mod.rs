@@ -3,7 +3,7 @@
 //!
 //! | step | module | does |
 //! |---|---|---|
-//! | accept | [`accept`] | parse, check the device is bound to the session's node, put on the board |
+//! | accept | [`accept`] | parse, check the device is bound to the session's node, classify against [`base`] (a value change, a refresh, nothing), put on the board |
 //! | hold | [`board`] | one entry per device, newest per property, bounded (pure) |
 //! | merge | [`merge`] | what changed against the stored status, the apply body (pure) |
 //! | write | [`flush`] | every flush interval, within a write budget: merge into the cached Device, apply (`edgefleet-hub`), answer |
@@ -17,6 +17,7 @@
 //! the stored timestamp.
 
 pub mod accept;
+pub mod base;
 pub mod board;
 pub mod delivery;
 pub mod flush;
@@ -86,13 +87,22 @@ pub struct Devices {
 /// request) and "Too many open files" at 1,020 sessions (README, `hack/bench/devices`).
 pub const DEVICE_READS_IN_FLIGHT: usize = 16;
 
+/// Refreshes that may wait: this many seconds of the whole write budget. More would only wait
+/// longer than the devices take to report again (their next report brings them back).
+pub const REFRESH_QUEUED_SECONDS: usize = 30;
+
 /// How long the answer to a status write stands in for a watch cache that lags behind it.
 pub const WRITTEN_KEPT: Duration = Duration::from_secs(30);
 
 impl Devices {
     pub fn new(settings: Settings) -> Self {
         Devices {
-            board: Mutex::new(Board::new(settings.pending_max)),
+            board: Mutex::new(Board::new(
+                settings.pending_max,
+                usize::try_from(settings.writes_per_second)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(REFRESH_QUEUED_SECONDS),
+            )),
             settings,
             wake: Notify::new(),
             written: Mutex::new(HashMap::new()),
