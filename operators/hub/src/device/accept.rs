@@ -150,7 +150,15 @@ async fn bound(hub: &Hub, node: &str, route: &DeviceRoute) -> Result<(), (&'stat
 /// What `parsed` would change in `key`'s Device as the hub knows it, with no read (a Device not
 /// known is a [`Class::Change`]: the writer reads it). Counts what the classification settles.
 fn classify(hub: &Hub, key: &DeviceKey, parsed: &Parsed) -> Class {
-    let epoch = lock(&hub.devices.board).epoch();
+    let (epoch, joins) = {
+        let board = lock(&hub.devices.board);
+        (board.epoch(), board.holds_change(key))
+    };
+    // A value change of this device waits already: the report joins it (no Device to decode;
+    // at full load, where every device waits, this is most reports).
+    if joins {
+        return Class::Change;
+    }
     let Some((device, _)) = known(hub, key) else {
         return Class::Change;
     };

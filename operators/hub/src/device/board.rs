@@ -264,6 +264,12 @@ impl Board {
         self.epoch
     }
 
+    /// Whether a value change of `key` waits already (a report joins it whatever it holds, so
+    /// it needs no classification).
+    pub fn holds_change(&self, key: &DeviceKey) -> bool {
+        self.pending.get(key).is_some_and(|p| p.refresh.is_none())
+    }
+
     /// Takes one report of `key`, its answer to be sent to `waiter` (at once when it has
     /// nothing to wait for, else after the write).
     pub fn offer(
@@ -711,9 +717,11 @@ mod tests {
         let mut b = Board::new(10, 10);
         let (_, answered) = offer_as(&mut b, "d", Class::Refresh { since_ms: 1 });
         assert_eq!(answered, Some(Ok(())));
+        assert!(!b.holds_change(&key("d")));
         let (r, answered) = offer_as(&mut b, "d", Class::Change);
         assert_eq!((r.unwrap().taken, answered), (Taken::Waiting, None));
         assert_eq!((b.changes(), b.refreshes()), (1, 0));
+        assert!(b.holds_change(&key("d")));
         let taken = b.take_ready(10);
         assert_eq!(taken.len(), 1);
         let p = &taken[0].1;
