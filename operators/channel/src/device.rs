@@ -39,6 +39,14 @@ pub const TOPIC_STATE_UPDATE: &str = "state/update";
 pub const MAX_TWINS_PER_REPORT: usize = 256;
 /// Longest reported value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 4096;
+/// Start of every answer that asks the edge to resend later, and to hold its reports back a
+/// while (the hub is full).
+pub const BUSY: &str = "busy";
+/// Start of the answer to a report the hub holds (its values wait, coalesced, for the
+/// Device's status write) but has not written within its answer timeout: the edge keeps it
+/// unanswered — resent only if nothing newer goes — and sends newer values as they come, with
+/// no hold-back. Under [`BUSY`], so an older edge-agent still resends it.
+pub const QUEUED: &str = "busy: queued";
 
 /// Which device report a route names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

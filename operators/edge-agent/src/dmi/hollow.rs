@@ -60,7 +60,10 @@ pub async fn run(
     }
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tick = 0u64;
+    // Each agent's values change at its own point of the change period: counted from 0, a
+    // fleet started together changed every value in the same tick (--change-every 100: none
+    // for 1,000 s, then all 20,000 devices at once).
+    let mut tick = fastrand::u64(0..cfg.change_every.max(1));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,

@@ -6,7 +6,9 @@
 //! after [`RESEND_AFTER`], and all of them on a new session (the hub drops an older resend).
 //! A newer value goes while an older report of the device waits (the hub's board merges them, so
 //! what it writes is the freshest value it has); a `busy` answer holds the session's reports
-//! back for a while ([`busy_hold`]).
+//! back for a while ([`busy_hold`]), except `busy: queued` (the hub holds the values for the
+//! device's next write): that report stays on its way and newer values keep going, so what the
+//! hub writes at full load is fresh, not a held edge's minute-old value.
 //!
 //! `actual_version.edge` is the book's arrival counter: it grows, per property too, and is
 //! persisted with the value, so the hub orders reports across agent restarts.
@@ -16,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_channel::device::{
-    BaseMessage, DeviceRoute, DeviceState, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate,
-    MAX_TWINS_PER_REPORT, MsgTwin, TwinValue, TwinVersion, TypeMetadata, ValueMetadata, report,
+    BUSY, BaseMessage, DeviceRoute, DeviceState, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate,
+    MAX_TWINS_PER_REPORT, MsgTwin, QUEUED, TwinValue, TwinVersion, TypeMetadata, ValueMetadata,
+    report,
 };
 use edgefleet_channel::{Message, Operation};
 use tokio::sync::Notify;
@@ -240,7 +243,7 @@ impl Uplink {
         if !answer || !message.route.resource.starts_with("device/") {
             return false;
         }
-        let Some((device, sent, _)) = self.in_flight.remove(&message.header.parent_id) else {
+        let Some((device, sent, at)) = self.in_flight.remove(&message.header.parent_id) else {
             // Late: its report was sent again meanwhile, and that one's answer counts.
             return true;
         };
@@ -253,7 +256,12 @@ impl Uplink {
             }
             _ => {
                 let reason = message.content.as_str().unwrap_or_default();
-                if reason.starts_with("busy") {
+                if reason.starts_with(QUEUED) {
+                    // The hub holds it for the device's next write: still on its way (resent
+                    // after RESEND_AFTER if nothing newer went), newer values go as they come.
+                    self.in_flight
+                        .insert(message.header.parent_id.clone(), (device, sent, at));
+                } else if reason.starts_with(BUSY) {
                     // The hub is full: the report stays pending, and none goes for a while.
                     self.busy_streak = self.busy_streak.saturating_add(1);
                     let hold = busy_hold(self.busy_streak).mul_f64(0.5 + fastrand::f64() / 2.0);
@@ -396,6 +404,41 @@ mod tests {
         // A new session sends at once.
         up.reset();
         assert_eq!(up.due(3).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_queued_report_stays_on_its_way_and_newer_values_keep_going() {
+        let src = source();
+        let mut up = Uplink::new(src.clone());
+        src.book
+            .record_twins(&dev(), vec![report("a", "1", 100)])
+            .unwrap();
+        let sent = up.due(1);
+        assert_eq!(sent.len(), 1);
+        let queued = edgefleet_channel::device::answer(
+            &sent[0],
+            Err(&format!(
+                "{QUEUED}: the device's status write has not come yet"
+            )),
+        );
+        assert!(up.on_frame(&queued.to_frame()));
+        // Not held, not resent at once: the hub has it.
+        assert!(up.due(2).is_empty());
+        // A newer value goes at once.
+        src.book
+            .record_twins(&dev(), vec![report("a", "2", 200)])
+            .unwrap();
+        let newer = up.due(3);
+        assert_eq!(newer.len(), 1);
+        let update = DeviceTwinUpdate::parse(&newer[0].content).unwrap();
+        assert_eq!(
+            update.twin["a"].actual.as_ref().unwrap().value.as_deref(),
+            Some("2")
+        );
+        // Its OK clears the property; the first report's late OK changes nothing.
+        assert!(up.on_frame(&answer(&newer[0], true)));
+        assert!(up.on_frame(&answer(&sent[0], true)));
+        assert!(src.book.pending(10).unwrap().is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use edgefleet_api::devices::Device;
 use edgefleet_channel::Message;
 use edgefleet_channel::ResourceType;
 use edgefleet_channel::device::{
-    DeviceRoute, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate, answer,
+    DeviceRoute, DeviceStateUpdate, DeviceTopic, DeviceTwinUpdate, QUEUED, answer,
 };
 use kube::Api;
 use serde_json::Value;
@@ -276,10 +276,15 @@ async fn take(
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(reason))) => Err(("busy", reason)),
         Ok(Err(_)) | Err(_) => {
+            // Its values are on the board, coalesced, and go with the device's next write:
+            // the edge should keep sending newer ones, not hold back (a held edge's values
+            // were a minute old when written at full load).
             metrics.give_ups.with_label_values(&["timeout"]).inc();
             Err((
                 "busy",
-                "busy: the status write did not finish; resend".into(),
+                format!(
+                    "{QUEUED}: the device's status write has not come yet; newer values join it"
+                ),
             ))
         }
     }
