@@ -201,6 +201,11 @@ fn classify(hub: &Hub, key: &DeviceKey, parsed: &Parsed) -> Class {
     }
 }
 
+/// The answer to a report whose values wait on the board longer than the answer timeout.
+fn queued() -> String {
+    format!("{QUEUED}: the device's status write has not come yet; newer values join it")
+}
+
 /// Parses, checks and puts the report on the board, then waits for its write.
 async fn take(
     hub: &Hub,
@@ -230,8 +235,11 @@ async fn take(
         if board.changes() * 2 > hub.devices.settings.pending_max {
             hub.devices.wake.notify_one();
         }
-        r
+        let settings = &hub.devices.settings;
+        let far = board.waits_beyond(settings.writes_per_second, settings.answer_timeout);
+        (r, far)
     };
+    let (offered, far) = offered;
     // On the board now (copied): not held while the write is awaited.
     drop(parsed);
     match offered {
@@ -259,6 +267,12 @@ async fn take(
             if let Some(how) = settled {
                 metrics.settled.with_label_values(&[how]).inc();
             }
+            // The backlog outlasts the answer timeout: say so now rather than hold a task (and
+            // the edge's report) 30 s for the same answer; the values wait on the board.
+            if o.taken == Taken::Waiting && far {
+                metrics.give_ups.with_label_values(&["queued"]).inc();
+                return Err(("queued", queued()));
+            }
         }
         Err((refusal, _)) => {
             let reason = match refusal {
@@ -280,12 +294,7 @@ async fn take(
             // the edge should keep sending newer ones, not hold back (a held edge's values
             // were a minute old when written at full load).
             metrics.give_ups.with_label_values(&["timeout"]).inc();
-            Err((
-                "busy",
-                format!(
-                    "{QUEUED}: the device's status write has not come yet; newer values join it"
-                ),
-            ))
+            Err(("queued", queued()))
         }
     }
 }

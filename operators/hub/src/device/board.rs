@@ -17,7 +17,7 @@
 //!   before a flush loses nothing the edge believes delivered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use edgefleet_channel::device::{DeviceStateUpdate, DeviceTwinUpdate, ReportOrder};
 use tokio::sync::oneshot;
@@ -262,6 +262,12 @@ impl Board {
     /// [`Class::Settled`].
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Whether the value changes waiting outlast `timeout` at `writes_per_second`: a report
+    /// put on the board now would wait longer than that for its write.
+    pub fn waits_beyond(&self, writes_per_second: u32, timeout: Duration) -> bool {
+        self.order.len() as f64 > f64::from(writes_per_second) * timeout.as_secs_f64()
     }
 
     /// Whether a value change of `key` waits already (a report joins it whatever it holds, so
@@ -769,5 +775,30 @@ mod tests {
         b.put_back(k, entry);
         assert!(b.is_empty());
         assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_backlog_longer_than_the_answer_timeout_is_told() {
+        let mut b = Board::new(100, 100);
+        for i in 0..31 {
+            offer_as(&mut b, &format!("d{i}"), Class::Change).0.unwrap();
+        }
+        // (writes/s, timeout, beyond?)
+        let cases = [(1, 30, true), (1, 31, false), (2, 30, false), (10, 1, true)];
+        for (rate, secs, beyond) in cases {
+            assert_eq!(
+                b.waits_beyond(rate, Duration::from_secs(secs)),
+                beyond,
+                "{rate}/s, {secs} s"
+            );
+        }
+        // Refreshes are not a backlog anyone waits on.
+        let mut r = Board::new(100, 100);
+        for i in 0..31 {
+            offer_as(&mut r, &format!("r{i}"), Class::Refresh { since_ms: i })
+                .0
+                .unwrap();
+        }
+        assert!(!r.waits_beyond(1, Duration::from_secs(30)));
     }
 }

@@ -12,7 +12,7 @@ const REFRESH_AGE_SECONDS: &[f64] = &[30.0, 60.0, 75.0, 90.0, 120.0, 180.0, 300.
 #[derive(Clone, Debug)]
 pub struct DeviceMetrics {
     /// Reports, by topic (`twin`, `state`) and result (`accepted`, `forbidden`, `malformed`,
-    /// `busy`, `not_found`).
+    /// `busy`, `queued`: held for a write farther than the answer timeout, `not_found`).
     pub reports: IntCounterVec,
     /// Property values or states dropped as older than what was held, by where (`board`,
     /// `status`).
@@ -21,8 +21,8 @@ pub struct DeviceMetrics {
     pub unknown_properties: IntCounterVec,
     /// Device status writes, by result (`ok`, `unchanged`, `conflict`, `failed`).
     pub writes: IntCounterVec,
-    /// Reports given up without a write, by reason (`full`, `device_busy`, `retries`,
-    /// `timeout`, `not_found`).
+    /// Reports answered without being written, by reason (`full`, `device_busy`, `retries`,
+    /// `timeout`, `queued`, `not_found`).
     pub give_ups: IntCounterVec,
     /// Where a status write found the Device it merged into, by source (`cache`: the hub's
     /// watch cache, `written`: the answer to its own last write, `api`: a read).
