@@ -1,7 +1,8 @@
 //! Taking one device report from a session: parse, check the binding, classify it against the
 //! Device as the hub knows it (a value change, only times to renew, nothing), put it on the
-//! board, and answer once it is written (at once when nothing of it waits for the write). Refusals are answered (`error` with the reason) and counted; the
-//! session is never closed for a bad report.
+//! board, and answer once it is written — at once when nothing of it waits for the write, or
+//! `busy: queued` when the write is farther than the answer timeout. Refusals are answered
+//! (`error` with the reason) and counted; the session is never closed for a bad report.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -224,7 +225,7 @@ async fn take(
     let key = (route.namespace.clone(), route.name.clone());
     let class = classify(hub, &key, &parsed);
     let (waiter, answered) = oneshot::channel();
-    let offered = {
+    let (offered, far) = {
         let mut board = lock(&hub.devices.board);
         let report = match &parsed {
             Parsed::Twins(u) => Report::Twins(u),
@@ -239,7 +240,6 @@ async fn take(
         let far = board.waits_beyond(settings.writes_per_second, settings.answer_timeout);
         (r, far)
     };
-    let (offered, far) = offered;
     // On the board now (copied): not held while the write is awaited.
     drop(parsed);
     match offered {
