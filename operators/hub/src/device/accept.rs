@@ -172,7 +172,7 @@ fn classify(hub: &Hub, key: &DeviceKey, parsed: &Parsed) -> Class {
             alone.add_state(u);
         }
     }
-    let refresh_ms = i64::try_from(hub.devices.settings.refresh.as_millis()).unwrap_or(i64::MAX);
+    let refresh_ms = hub.devices.settings.refresh_ms();
     let merged = merge(
         &device,
         &alone,
@@ -184,19 +184,7 @@ fn classify(hub: &Hub, key: &DeviceKey, parsed: &Parsed) -> Class {
         Change::Refresh { since_ms } => Class::Refresh { since_ms },
         Change::Nothing => {
             // Not written, so the writer will not count these: counted here.
-            let metrics = &hub.metrics.devices;
-            if !merged.unknown.is_empty() {
-                metrics
-                    .unknown_properties
-                    .with_label_values(&[&key.0])
-                    .inc_by(u64::try_from(merged.unknown.len()).unwrap_or(0));
-            }
-            if merged.older > 0 {
-                metrics
-                    .older
-                    .with_label_values(&["status"])
-                    .inc_by(u64::try_from(merged.older).unwrap_or(0));
-            }
+            hub.metrics.devices.left_out(&key.0, &merged);
             Class::Settled { epoch }
         }
     }

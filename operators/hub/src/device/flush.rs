@@ -131,7 +131,7 @@ fn done(hub: &Hub, key: &DeviceKey, entry: Pending, result: &Result<(), String>)
 async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
     let metrics = &hub.metrics.devices;
     let api: Api<Device> = Api::namespaced(hub.client.clone(), &key.0);
-    let refresh_ms = i64::try_from(hub.devices.settings.refresh.as_millis()).unwrap_or(i64::MAX);
+    let refresh_ms = hub.devices.settings.refresh_ms();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut base = known(hub, &key);
     for _ in 0..3 {
@@ -159,18 +159,7 @@ async fn write(hub: &Hub, key: DeviceKey, entry: Pending) {
         };
         let now = jiff::Timestamp::now().to_string();
         let merged = merge(&device, &entry, refresh_ms, &now);
-        if !merged.unknown.is_empty() {
-            metrics
-                .unknown_properties
-                .with_label_values(&[&key.0])
-                .inc_by(u64::try_from(merged.unknown.len()).unwrap_or(0));
-        }
-        if merged.older > 0 {
-            metrics
-                .older
-                .with_label_values(&["status"])
-                .inc_by(u64::try_from(merged.older).unwrap_or(0));
-        }
+        metrics.left_out(&key.0, &merged);
         let Some(body) = merged.apply else {
             metrics.writes.with_label_values(&["unchanged"]).inc();
             done(hub, &key, entry, &Ok(()));

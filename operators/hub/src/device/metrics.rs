@@ -4,6 +4,7 @@ use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::board::Board;
+use super::merge::Merged;
 
 const LAG_SECONDS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
 /// Around the refresh period (60 s by default) and the device operator's Stale floor (120 s).
@@ -124,6 +125,21 @@ impl DeviceMetrics {
                 .buckets(REFRESH_AGE_SECONDS.to_vec()),
             )?,
         })
+    }
+
+    /// What a merge into a Device of `namespace` left out: undeclared properties, older values.
+    pub fn left_out(&self, namespace: &str, merged: &Merged) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        if !merged.unknown.is_empty() {
+            self.unknown_properties
+                .with_label_values(&[namespace])
+                .inc_by(count(merged.unknown.len()));
+        }
+        if merged.older > 0 {
+            self.older
+                .with_label_values(&["status"])
+                .inc_by(count(merged.older));
+        }
     }
 
     /// The board's gauges.

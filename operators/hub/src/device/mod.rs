@@ -66,6 +66,13 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// [`Settings::refresh`] in milliseconds, as report and stored times are kept.
+    pub fn refresh_ms(&self) -> i64 {
+        i64::try_from(self.refresh.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
 /// The replica's device report state: the board and its settings.
 #[derive(Debug)]
 pub struct Devices {
