@@ -2,6 +2,7 @@
 //! One test binary, a module per area, so the workspace links once.
 
 mod agent;
+mod api_client;
 mod balancer;
 mod balancer_bed;
 mod channel;

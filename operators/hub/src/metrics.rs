@@ -44,6 +44,7 @@ pub struct HubMetrics {
     pub status_pending: IntGauge,
     /// Lease renewals, by result (`ok`, `failed`).
     pub lease_renewals: IntCounterVec,
+    pub ready_reassertions: IntCounterVec,
     /// Age of the oldest renewal among heartbeating nodes: how close the renewer is to losing one.
     pub lease_oldest_renewal: Gauge,
     /// Unix time of this replica's last successful load report write (0: none yet). The
@@ -148,6 +149,13 @@ impl HubMetrics {
                 ),
                 &["result"],
             )?,
+            ready_reassertions: IntCounterVec::new(
+                Opts::new(
+                    "edgefleet_hub_ready_reassertions_total",
+                    "Checks of a connected node's Ready condition after its first or a late Lease renewal, by result (already_ready: read from the API server's cache, nothing written).",
+                ),
+                &["result"],
+            )?,
             lease_oldest_renewal: Gauge::new(
                 "edgefleet_hub_lease_oldest_renewal_seconds",
                 "Seconds since the least recently renewed Lease of a heartbeating node here was renewed (a node goes NotReady past the node-monitor grace period, 40 s by default).",
@@ -184,6 +192,7 @@ impl HubMetrics {
             Box::new(self.status_give_ups.clone()),
             Box::new(self.status_pending.clone()),
             Box::new(self.lease_renewals.clone()),
+            Box::new(self.ready_reassertions.clone()),
             Box::new(self.lease_oldest_renewal.clone()),
             Box::new(self.load_report_written.clone()),
         ];
