@@ -15,6 +15,11 @@ use edgefleet_hub::status::{self, StatusBoard};
 use edgefleet_hub::{hub, lease, release, report, route, server};
 use edgefleet_kit as kit;
 
+/// mimalloc: a reconnect storm's buffers (thousands of TLS handshakes at once) go back to the
+/// system after it; glibc's per-thread arenas kept them (hack/bench/channel, RSS after a storm).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Holds edge nodes' WebSocket sessions, delivers their objects with ACK, relays heartbeats and
 /// device twins, publishes its load report.
 #[derive(Parser)]
