@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         readiness,
         server,
         client,
+        ..
     } = kit::start(&cli.common, edgefleet_balancer::METRICS_PREFIX).await?;
     let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_balancer::METRICS_PREFIX)?;
     let balancer = BalancerMetrics::register(&registry)?;

@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         readiness,
         server,
         client,
+        ..
     } = kit::start(&cli.common, edgefleet_device::METRICS_PREFIX).await?;
     let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_device::METRICS_PREFIX)?;
     let device_metrics = DeviceMetrics::register(&registry)?;

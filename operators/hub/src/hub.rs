@@ -177,6 +177,9 @@ impl Registry {
 pub struct Hub {
     pub config: Config,
     pub client: Client,
+    /// Node Lease renewals and Ready checks only: a connection of their own, so a flood of other
+    /// requests (a ramp's registrations, status writes) never queues them.
+    pub heartbeat: Client,
     pub metrics: HubMetrics,
     pub registry: Registry,
     pub caches: Arc<Caches>,
@@ -196,6 +199,7 @@ impl Hub {
     pub fn new(
         config: Config,
         client: Client,
+        heartbeat: Client,
         metrics: HubMetrics,
         caches: Arc<Caches>,
         status: Arc<StatusBoard>,
@@ -206,6 +210,7 @@ impl Hub {
         Hub {
             config,
             client,
+            heartbeat,
             metrics,
             registry: Registry::default(),
             caches,

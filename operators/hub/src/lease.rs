@@ -137,7 +137,7 @@ fn params() -> PatchParams {
 
 /// Renews (or creates) the node's Lease in kube-node-lease: one write.
 pub async fn renew(hub: &Hub, node: &str) -> Result<(), kube::Error> {
-    let api: Api<Lease> = Api::namespaced(hub.client.clone(), NODE_LEASE_NAMESPACE);
+    let api: Api<Lease> = Api::namespaced(hub.heartbeat.clone(), NODE_LEASE_NAMESPACE);
     let now = MicroTime(jiff::Timestamp::now());
     let patch = json!({"spec": {
         "holderIdentity": node,
@@ -260,7 +260,7 @@ pub fn is_ready(node: &Node) -> bool {
 /// after a ramp of 10,000 sessions, 10,000 re-assertions as writes would compete with the Lease
 /// renewals themselves, and nearly every node is Ready.
 async fn confirm_ready(hub: &Hub, node: &str) -> Result<(), kube::Error> {
-    let api: Api<Node> = Api::all(hub.client.clone());
+    let api: Api<Node> = Api::all(hub.heartbeat.clone());
     let bounded =
         |what| kube::Error::Service(format!("{what}: no answer within {RENEWAL_TIMEOUT:?}").into());
     let current = tokio::time::timeout(RENEWAL_TIMEOUT, api.get_with(node, &GetParams::any()))

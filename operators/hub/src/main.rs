@@ -203,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         readiness,
         server: http,
         client,
+        heartbeat,
     } = kit::start(&cli.common, edgefleet_hub::METRICS_PREFIX).await?;
     let metrics = HubMetrics::register(&registry)?;
     let namespace = cli.common.leader_election_namespace.clone();
@@ -245,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(
         config,
         client,
+        heartbeat,
         metrics,
         caches,
         board.clone(),

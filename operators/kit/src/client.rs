@@ -147,6 +147,12 @@ fn http2_client(
             .timer(TokioTimer::new())
             .http2_keep_alive_interval(PING_EVERY)
             .http2_keep_alive_timeout(PING_TIMEOUT)
+            // A request given up (its timeout) while its answer is on the way makes h2 reset the
+            // stream when the answer's frames arrive, and h2 closes the connection after 1,024
+            // such resets over its life (a defence of servers against hostile peers), taking
+            // every watch on it along: a hub ramping 10,000 sessions on a saturated API server
+            // lost all its watches that way. The peer here is the API server.
+            .http2_max_local_error_reset_streams(None::<usize>)
             .build(connector),
     )
 }

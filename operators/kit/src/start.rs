@@ -15,6 +15,11 @@ pub struct Started {
     pub server: HttpServer,
     /// Counts requests as `<prefix>_api_requests_total{verb}`.
     pub client: kube::Client,
+    /// The same, on an HTTP/2 connection of its own (opened on first use): for writes that must
+    /// not queue behind the operator's other requests, as kubelet's heartbeat client (node
+    /// Leases: a burst of other work fills `client`'s streams, and a renewal waiting there lets
+    /// the node go NotReady).
+    pub heartbeat: kube::Client,
 }
 
 /// Logs as `common` says, traps SIGTERM / Ctrl-C, serves metrics and probes on
@@ -34,12 +39,18 @@ pub async fn start(common: &CommonArgs, metrics_prefix: &str) -> Result<Started>
         shutdown.clone(),
     )
     .await?;
-    let client = crate::client_with_metrics(&registry, metrics_prefix).await?;
+    let layer = crate::client::CountRequestsLayer::register(&registry, metrics_prefix)?;
+    let config = kube::Config::infer().await?;
+    let client =
+        crate::client::client_with_layer(config.clone(), &layer).map_err(crate::Error::Client)?;
+    let heartbeat =
+        crate::client::client_with_layer(config, &layer).map_err(crate::Error::Client)?;
     Ok(Started {
         shutdown,
         registry,
         readiness,
         server,
         client,
+        heartbeat,
     })
 }

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         readiness,
         server,
         client,
+        ..
     } = kit::start(&cli.common, edgefleet_objectsync::METRICS_PREFIX).await?;
     let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_objectsync::METRICS_PREFIX)?;
     let sync_metrics = SyncMetrics::register(&registry)?;

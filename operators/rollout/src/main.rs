@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         readiness,
         server,
         client,
+        ..
     } = kit::start(&cli.common, edgefleet_rollout::METRICS_PREFIX).await?;
     let metrics = kit::ReconcileMetrics::register(&registry, edgefleet_rollout::METRICS_PREFIX)?;
     let rollout = RolloutMetrics::register(&registry)?;
