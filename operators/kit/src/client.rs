@@ -80,11 +80,11 @@ pub fn client_with_layer(
 ///
 /// The client speaks HTTP/2 to the API server when it offers it (kube-apiserver does), as
 /// client-go does: every request and watch of the process shares one TLS connection, at most
-/// the server's stream limit at once (kube-apiserver: 1,000; a request beyond it waits for a
-/// stream). kube's own builder speaks HTTP/1.1, one connection per request in flight: a hub
-/// holding 2,000 sessions opened 2,688 TLS connections to the API server (each a handshake on
-/// both sides and ~25 KiB of buffers in the hub) and kept them idle in its pool. A
-/// configuration with a proxy keeps kube's builder.
+/// the server's stream limit at once (kube-apiserver `--http2-max-streams-per-connection`, Go's
+/// 250 by default; a request beyond it waits for a stream). kube's own builder speaks HTTP/1.1,
+/// one connection per request in flight: a hub holding 2,000 sessions held 1,845 TLS
+/// connections to the API server (each a handshake on both sides and tens of KiB of buffers in
+/// the hub), idle in its pool. A configuration with a proxy keeps kube's builder.
 ///
 /// # Errors
 /// When `kube` cannot build a client from `config`.
