@@ -169,15 +169,6 @@ fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 /// One table of the index and how an object is set into it.
 trait Table: Clone + Debug + Send + 'static {
     fn key(&self) -> Key;
@@ -214,7 +205,7 @@ impl Table for Node {
         (String::new(), self.name_any())
     }
     fn set(index: &mut Index, key: Key, obj: Option<Self>) -> Vec<Work> {
-        index.set_node(&key.1, obj.as_ref().map(node_ready))
+        index.set_node(&key.1, obj.as_ref().map(edgefleet_kit::nodes::is_ready))
     }
     fn keys(index: &Index) -> Vec<Key> {
         index

@@ -245,16 +245,6 @@ async fn renew_one(
     }
 }
 
-/// Whether the node's Ready condition is True (pure).
-pub fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 /// Sets the node's Ready condition (the session lives) with a fresh heartbeat, unless it is
 /// Ready already. The check is a read from the API server's watch cache (no etcd, no write):
 /// after a ramp of 10,000 sessions, 10,000 re-assertions as writes would compete with the Lease
@@ -266,7 +256,7 @@ async fn confirm_ready(hub: &Hub, node: &str) -> Result<(), kube::Error> {
     let current = tokio::time::timeout(RENEWAL_TIMEOUT, api.get_with(node, &GetParams::any()))
         .await
         .map_err(|_| bounded("reading the node"))??;
-    if is_ready(&current) {
+    if edgefleet_kit::nodes::is_ready(&current) {
         hub.metrics
             .ready_reassertions
             .with_label_values(&["already_ready"])
@@ -374,27 +364,6 @@ mod tests {
             Some(at(70)),
             "failed: with the next renewal"
         );
-    }
-
-    #[test]
-    fn ready_is_read_from_the_ready_condition_alone() {
-        let node = |conds: &[(&str, &str)]| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"conditions":
-                conds.iter().map(|(t, s)| json!({"type": t, "status": s})).collect::<Vec<_>>()}}))
-            .unwrap()
-        };
-        #[rustfmt::skip]
-        let cases = [
-            ("Ready", node(&[("Ready", "True")]), true),
-            ("Unknown, as the node-lifecycle controller leaves it", node(&[("Ready", "Unknown")]), false),
-            ("False", node(&[("Ready", "False")]), false),
-            ("another condition True", node(&[("MemoryPressure", "True"), ("Ready", "Unknown")]), false),
-            ("no conditions", node(&[]), false),
-            ("no status", serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap(), false),
-        ];
-        for (case, node, ready) in cases {
-            assert_eq!(is_ready(&node), ready, "{case}");
-        }
     }
 
     #[test]

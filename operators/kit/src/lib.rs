@@ -55,6 +55,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod nodes;
 pub mod pods;
 pub mod shutdown;
 pub mod start;
